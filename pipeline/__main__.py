@@ -1,0 +1,7 @@
+"""`python -m pipeline <verb>`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

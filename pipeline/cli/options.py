@@ -1,0 +1,34 @@
+"""Arguments shared by the verbs that take a graph and a target."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..graphs import DEFAULT_CONFIG, DEFAULT_LATENT_FRAMES, DEFAULT_SEED, GraphSelection
+
+
+def add_graph_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--graph", help="a named graph (see `python -m pipeline graphs`)")
+    group.add_argument("--onnx", type=Path, help="any ONNX file instead of a named graph")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="Oobleck config: sao (default), tiny, or a JSON path")
+    parser.add_argument(
+        "--latent-frames", "-T", type=int, default=DEFAULT_LATENT_FRAMES,
+        help=f"chunk length in latent frames (default {DEFAULT_LATENT_FRAMES})",
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weight seed of the named graphs")
+
+
+def add_target_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target", default="cpu",
+        help="'cpu' (this machine, detected) or a TVM target dict as JSON (default cpu)",
+    )
+
+
+def graph_selection(args: argparse.Namespace, graph: str | None = None) -> GraphSelection:
+    return GraphSelection(
+        graph=graph or args.graph, onnx=args.onnx, config=args.config,
+        latent_frames=args.latent_frames, seed=args.seed,
+    )

@@ -1,0 +1,96 @@
+"""ONNX -> Relax, with the weights kept apart from the module so the artifact can ship them as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from .errors import UnsupportedModelError
+
+ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT64: "int64",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        return f"{self.name} {self.dtype}{list(self.shape)}"
+
+
+@dataclass
+class ImportedGraph:
+    """A Relax module whose `main` takes the graph inputs, then the weights in `param_names` order."""
+
+    mod: tvm.IRModule
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    param_names: list[str]
+    params: list[np.ndarray]
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = []
+        for dim in tensor_type.shape.dim:
+            if not dim.HasField("dim_value") or dim.dim_value <= 0:
+                label = dim.dim_param or "?"
+                raise UnsupportedModelError(
+                    f"input {value.name!r} has a symbolic dimension {label!r}; we compile static shapes "
+                    f"only: fix it (e.g. onnxruntime.tools.make_dynamic_shape_fixed) and build again"
+                )
+            dims.append(dim.dim_value)
+        if tensor_type.elem_type not in ONNX_DTYPES:
+            raise UnsupportedModelError(
+                f"input {value.name!r} has ONNX element type {tensor_type.elem_type}, which we do not "
+                f"support; use one of {sorted(ONNX_DTYPES.values())}"
+            )
+        specs.append(TensorSpec(value.name, tuple(dims), ONNX_DTYPES[tensor_type.elem_type]))
+    return specs
+
+
+def _output_specs(ret_ty, names: list[str]) -> list[TensorSpec]:
+    fields = ret_ty.fields if isinstance(ret_ty, relax.TupleType) else [ret_ty]
+    specs = []
+    for name, field in zip(names, fields):
+        shape = tuple(int(d) for d in field.shape.values)
+        specs.append(TensorSpec(name, shape, str(field.dtype)))
+    return specs
+
+
+def import_onnx(model: onnx.ModelProto) -> ImportedGraph:
+    """Import with TVM's Relax ONNX frontend; weights become trailing parameters of `main`."""
+    inputs = _graph_inputs(model)
+    try:
+        mod = from_onnx(model, keep_params_in_input=True)
+    except Exception as exc:  # the frontend raises bare Python and TVM errors for unsupported ops
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(
+            f"TVM's ONNX importer cannot import this model: {message}. Remove or replace that "
+            f"operator, or export the model with another opset"
+        ) from exc
+    mod, params = relax.frontend.detach_params(mod)
+    main = mod["main"]
+    num_inputs = int(main.attrs["num_input"])
+    param_names = [p.name for p in main.params[num_inputs:]]
+    weights = [p.numpy() for p in params.get("main", [])]
+    outputs = _output_specs(main.ret_ty, [o.name for o in model.graph.output])
+    return ImportedGraph(mod, inputs, outputs, param_names, weights)

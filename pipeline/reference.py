@@ -1,0 +1,141 @@
+"""Independent numpy references, written from the ONNX operator definitions, not from any compiler.
+
+ConvTranspose uses the scatter form: every input element x[n, ci, i] adds x * w[ci, co, kk] into
+the output at i*stride + kk*dilation - pad_begin. Conv uses the gather form. Both accumulate in
+float64 so that they can judge fp32 builds.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .graphs import Conv, ConvTranspose, Decoder, DecoderBlock, ResidualUnit, Snake
+
+
+def conv_transpose(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    strides=None,
+    pads=None,
+    dilations=None,
+    output_padding=None,
+    group: int = 1,
+) -> np.ndarray:
+    """ONNX ConvTranspose for any spatial rank. pads = [begin..., end...] as in ONNX."""
+    n, cin, *in_size = x.shape
+    rank = len(in_size)
+    cin_w, cout_per_group, *kernel = w.shape
+    if cin_w != cin:
+        raise ValueError(f"weight has {cin_w} input channels, input has {cin}")
+    strides = list(strides or [1] * rank)
+    dilations = list(dilations or [1] * rank)
+    pads = list(pads or [0] * (2 * rank))
+    output_padding = list(output_padding or [0] * rank)
+    cin_per_group = cin // group
+    full = [
+        (in_size[d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 + output_padding[d]
+        for d in range(rank)
+    ]
+    out = np.zeros((n, cout_per_group * group, *full), dtype=np.float64)
+    x64 = x.astype(np.float64)
+    w64 = w.astype(np.float64)
+    for g in range(group):
+        xg = x64[:, g * cin_per_group:(g + 1) * cin_per_group]
+        wg = w64[g * cin_per_group:(g + 1) * cin_per_group]
+        out_channels = slice(g * cout_per_group, (g + 1) * cout_per_group)
+        for tap in itertools.product(*(range(k) for k in kernel)):
+            # contribution of this tap from every input position at once: (n, cout_g, *in_size)
+            contrib = np.tensordot(xg, wg[(slice(None), slice(None), *tap)], axes=([1], [0]))
+            contrib = np.moveaxis(contrib, -1, 1)
+            window = tuple(
+                slice(tap[d] * dilations[d], tap[d] * dilations[d] + (in_size[d] - 1) * strides[d] + 1, strides[d])
+                for d in range(rank)
+            )
+            out[(slice(None), out_channels, *window)] += contrib
+    crop = tuple(slice(pads[d], full[d] - pads[rank + d]) for d in range(rank))
+    out = out[(slice(None), slice(None), *crop)]
+    if bias is not None:
+        out += bias.astype(np.float64).reshape(1, -1, *([1] * rank))
+    return out
+
+
+def conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None = None,
+    strides=None,
+    pads=None,
+    dilations=None,
+    group: int = 1,
+) -> np.ndarray:
+    """ONNX Conv for any spatial rank, gather form."""
+    n, cin, *in_size = x.shape
+    rank = len(in_size)
+    cout, cin_per_group, *kernel = w.shape
+    strides = list(strides or [1] * rank)
+    dilations = list(dilations or [1] * rank)
+    pads = list(pads or [0] * (2 * rank))
+    padded = np.pad(
+        x.astype(np.float64), [(0, 0), (0, 0), *[(pads[d], pads[rank + d]) for d in range(rank)]]
+    )
+    out_size = [
+        (in_size[d] + pads[d] + pads[rank + d] - (kernel[d] - 1) * dilations[d] - 1) // strides[d] + 1
+        for d in range(rank)
+    ]
+    cout_per_group = cout // group
+    out = np.zeros((n, cout, *out_size), dtype=np.float64)
+    w64 = w.astype(np.float64)
+    for g in range(group):
+        xg = padded[:, g * cin_per_group:(g + 1) * cin_per_group]
+        out_channels = slice(g * cout_per_group, (g + 1) * cout_per_group)
+        for tap in itertools.product(*(range(k) for k in kernel)):
+            window = tuple(
+                slice(tap[d] * dilations[d], tap[d] * dilations[d] + (out_size[d] - 1) * strides[d] + 1, strides[d])
+                for d in range(rank)
+            )
+            patch = xg[(slice(None), slice(None), *window)]
+            contrib = np.tensordot(patch, w64[(out_channels, slice(None), *tap)], axes=([1], [1]))
+            out[:, out_channels] += np.moveaxis(contrib, -1, 1)
+    if bias is not None:
+        out += bias.astype(np.float64).reshape(1, -1, *([1] * rank))
+    return out
+
+
+def snake(x: np.ndarray, p: Snake) -> np.ndarray:
+    alpha = p.alpha.astype(np.float64).reshape(1, -1, 1)
+    inv_beta = p.inv_beta.astype(np.float64).reshape(1, -1, 1)
+    return x + inv_beta * np.sin(alpha * x) ** 2
+
+
+def _conv1d(x: np.ndarray, p: Conv) -> np.ndarray:
+    return conv(x, p.weight, p.bias, pads=[p.padding, p.padding], dilations=[p.dilation])
+
+
+def _upsample(x: np.ndarray, p: ConvTranspose) -> np.ndarray:
+    return conv_transpose(x, p.weight, p.bias, strides=[p.stride], pads=[p.padding, p.padding])
+
+
+def residual_unit(x: np.ndarray, p: ResidualUnit) -> np.ndarray:
+    h = _conv1d(snake(x, p.snake1), p.conv1)
+    return x + _conv1d(snake(h, p.snake2), p.conv2)
+
+
+def decoder_block(x: np.ndarray, p: DecoderBlock) -> np.ndarray:
+    h = _upsample(snake(x, p.snake), p.upsample)
+    for unit in p.residuals:
+        h = residual_unit(h, unit)
+    return h
+
+
+def decoder(x: np.ndarray, p: Decoder, final_tanh: bool = False, trace: list | None = None) -> np.ndarray:
+    """The whole decoder; `trace`, when given, receives each block's output (for scale checks)."""
+    h = _conv1d(x, p.conv_in)
+    for block in p.blocks:
+        h = decoder_block(h, block)
+        if trace is not None:
+            trace.append(h)
+    h = _conv1d(snake(h, p.snake_out), p.conv_out)
+    return np.tanh(h) if final_tanh else h

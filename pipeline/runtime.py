@@ -1,0 +1,138 @@
+"""Load a built artifact and run it: numpy in, numpy out.
+
+    import pipeline.runtime
+    model = pipeline.runtime.load("artifacts/convt1/llvm-znver4-2c")
+    y = model(x)                      # x: np.ndarray shaped as model.inputs[0]
+    model.manifest.verification       # how the build compared with onnxruntime
+
+`load` refuses an artifact whose files differ from the manifest's sha256, that was built by another
+TVM version, or whose build failed verification; calls refuse inputs of the wrong shape or dtype.
+It needs nothing from the build: a fresh process with only this package and TVM installed can load it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .artifact import LIBRARY, PARAMS, Manifest, check_files, read_manifest
+from .errors import ArtifactError, ArtifactVersionError, InputError, UnverifiedArtifactError
+from .importer import TensorSpec
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call latency over `repeats` timed repeats (each at least `min_repeat_ms` long, averaged
+    per call by TVM), after one discarded warm-up call."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+
+class Model:
+    """A loaded artifact. Call it with the graph inputs in order (or by name)."""
+
+    def __init__(self, path: Path, manifest: Manifest, device: str) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.device = tvm.device(device)
+        try:
+            library = tvm.runtime.load_module(str(path / LIBRARY))
+            self._vm = relax.VirtualMachine(library, self.device)
+        except Exception as exc:  # TVM raises its own error types for unloadable libraries
+            raise ArtifactError(f"cannot load {path / LIBRARY} on {device}: {exc}; rebuild the artifact") from exc
+        with np.load(path / PARAMS) as stored:
+            self._params = [tvm.runtime.tensor(stored[spec.name], self.device) for spec in manifest.params]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.manifest.outputs
+
+    def _device_inputs(self, arrays: list[np.ndarray]) -> list[tvm.runtime.Tensor]:
+        if len(arrays) != len(self.inputs):
+            names = ", ".join(s.describe() for s in self.inputs)
+            raise InputError(f"the model takes {len(self.inputs)} input(s) ({names}), got {len(arrays)}")
+        tensors = []
+        for spec, array in zip(self.inputs, arrays):
+            array = np.asarray(array)
+            if array.dtype != np.dtype(spec.dtype):
+                raise InputError(
+                    f"input {spec.name!r} must be {spec.dtype}, got {array.dtype}: convert it with "
+                    f".astype(np.{spec.dtype})"
+                )
+            if tuple(array.shape) != tuple(spec.shape):
+                raise InputError(
+                    f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(array.shape)}; "
+                    f"this artifact is compiled for that shape: rebuild it for another (e.g. --latent-frames)"
+                )
+            tensors.append(tvm.runtime.tensor(np.ascontiguousarray(array), self.device))
+        return tensors
+
+    def _ordered(self, args: tuple, named: dict) -> list[np.ndarray]:
+        if not named:
+            return list(args)
+        if args:
+            raise InputError("pass the inputs either all in order or all by name, not both")
+        unknown = set(named) - {s.name for s in self.inputs}
+        if unknown:
+            raise InputError(f"unknown input(s) {sorted(unknown)}; the model takes {[s.name for s in self.inputs]}")
+        missing = [s.name for s in self.inputs if s.name not in named]
+        if missing:
+            raise InputError(f"missing input(s) {missing}")
+        return [named[s.name] for s in self.inputs]
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run on a list of inputs in graph order; returns every output as numpy."""
+        result = self._vm["main"](*self._device_inputs(inputs), *self._params)
+        results = list(result) if len(self.outputs) > 1 else [result]
+        return [r.numpy() for r in results]
+
+    def __call__(self, *args: np.ndarray, **named: np.ndarray):
+        """One output comes back as an array, several as a tuple of arrays."""
+        outputs = self.run(self._ordered(args, named))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def time(self, inputs: list[np.ndarray], repeats: int = 10, min_repeat_ms: int = 200) -> Timing:
+        """Latency of one call, timed by TVM's time_evaluator on the device."""
+        args = [*self._device_inputs(inputs), *self._params]
+        evaluator = self._vm.time_evaluator("main", self.device, number=1, repeat=repeats, min_repeat_ms=min_repeat_ms)
+        result = evaluator(*args)
+        per_call = [t * 1e3 for t in result.results]
+        return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
+
+
+def load(path: Path | str, device: str = "cpu", *, allow_unverified: bool = False) -> Model:
+    """Load the artifact in `path` (a folder made by `pipeline.build.build`) on `device`."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    built_with = manifest.versions.get("apache-tvm")
+    installed = tvm.__version__
+    if built_with != installed:
+        raise ArtifactVersionError(
+            f"{path} was built with TVM {built_with}, this process has TVM {installed}: "
+            f"rebuild the artifact with this TVM, or install apache-tvm=={built_with}"
+        )
+    expected_device = "cpu" if manifest.target.kind == "llvm" else manifest.target.kind
+    if device != expected_device:
+        raise ArtifactError(
+            f"{path} is built for target {manifest.target.key} and runs on device {expected_device!r}, "
+            f"not {device!r}"
+        )
+    check_files(path, manifest)
+    if not allow_unverified and (manifest.verification is None or not manifest.verification.passed):
+        raise UnverifiedArtifactError(
+            f"{path} failed verification against onnxruntime at build time (see verification in its "
+            f"manifest.json); pass allow_unverified=True only to inspect it"
+        )
+    return Model(path, manifest, device)

@@ -1,0 +1,77 @@
+"""Compilation targets: what the user names (`cpu`, a JSON dict) and the key records are filed under."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import tvm
+from tvm.target import codegen
+
+from .errors import TargetError
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A resolved target. `key` names the folder under schedules/ and artifacts/<graph>/."""
+
+    kind: str
+    config: dict
+    key: str
+
+    def tvm_target(self) -> tvm.target.Target:
+        return tvm.target.Target(self.config)
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.kind == "llvm" else self.kind
+
+
+def host_cores() -> int:
+    # Respect CPU affinity (containers, taskset), which os.cpu_count() ignores.
+    return len(os.sched_getaffinity(0))
+
+
+def host_cpu_target(num_cores: int | None = None) -> TargetSpec:
+    """LLVM target for this machine: its CPU as LLVM names it, and its usable cores."""
+    mcpu = codegen.llvm_get_system_cpu()
+    cores = num_cores or host_cores()
+    config = {"kind": "llvm", "mcpu": mcpu, "num-cores": cores}
+    return TargetSpec("llvm", config, _key_for(config))
+
+
+def _key_for(config: dict) -> str:
+    if config["kind"] == "llvm":
+        cores = config.get("num-cores", host_cores())
+        return f"llvm-{config.get('mcpu', 'generic')}-{cores}c"
+    return "-".join(str(config[k]) for k in ("kind", "arch") if k in config)
+
+
+def resolve_target(name: str | dict | TargetSpec = "cpu") -> TargetSpec:
+    """`cpu`/`llvm` (the host), or a TVM target dict (as a dict or a JSON string)."""
+    if isinstance(name, TargetSpec):
+        return name
+    if isinstance(name, str) and name in ("cpu", "llvm", "host"):
+        return host_cpu_target()
+    if isinstance(name, str):
+        try:
+            config = json.loads(name)
+        except json.JSONDecodeError:
+            raise TargetError(
+                f"unknown target {name!r}: use 'cpu' for this machine, or a TVM target dict as JSON, "
+                'e.g. \'{"kind": "llvm", "mcpu": "znver4", "num-cores": 2}\''
+            ) from None
+    else:
+        config = dict(name)
+    if not isinstance(config, dict) or "kind" not in config:
+        raise TargetError(f"target {name!r} must be a dict with a 'kind' key")
+    if config["kind"] != "llvm":
+        raise TargetError(f"target kind {config['kind']!r} is not supported yet; use 'cpu' (llvm)")
+    if "num-cores" not in config:
+        config["num-cores"] = host_cores()
+    try:
+        tvm.target.Target(config)
+    except Exception as exc:  # TVM raises its own error types for bad attributes
+        raise TargetError(f"TVM rejects target {config}: {exc}") from exc
+    return TargetSpec(config["kind"], config, _key_for(config))

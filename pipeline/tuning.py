@@ -1,0 +1,235 @@
+"""MetaSchedule tuning with a per-task budget, and the committed record store `schedules/<target-key>/`.
+
+Tuning writes into a private staging database; its successful records are merged into the store
+when tuning ends, also when it is interrupted, through a copy that replaces the store files only
+once complete, so the store is never left half-written and never loses earlier records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.s_tir import meta_schedule as ms
+from tvm.ir.utils import derived_object
+
+from .artifact import AppliedSchedules
+from .errors import TuningError
+from .graphs import GraphSelection
+from .importer import import_onnx
+from .lowering import kernel_names, lower
+from .target import TargetSpec, resolve_target
+
+log = logging.getLogger(__name__)
+
+SCHEDULES_DIR = Path(__file__).resolve().parent.parent / "schedules"
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+# MetaSchedule files failed builds and runs with this run time.
+FAILED_RUN_SECS = 1e9
+
+
+class ScheduleStore:
+    """The tuning records of one target: `<root>/<target-key>/database_{workload,tuning_record}.json`."""
+
+    def __init__(self, target: TargetSpec, root: Path | str = SCHEDULES_DIR) -> None:
+        self.target = target
+        self.dir = Path(root) / target.key
+
+    @property
+    def files(self) -> tuple[Path, Path]:
+        return self.dir / WORKLOAD_FILE, self.dir / RECORD_FILE
+
+    def exists(self) -> bool:
+        return all(p.is_file() for p in self.files)
+
+    def sha256(self) -> str | None:
+        if not self.exists():
+            return None
+        digest = hashlib.sha256()
+        for path in self.files:
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+    def open(self, directory: Path | None = None) -> ms.database.JSONDatabase:
+        directory = directory or self.dir
+        try:
+            return ms.database.JSONDatabase(work_dir=str(directory), allow_missing=True)
+        except Exception as exc:  # TVM raises InternalError/ValueError on unparsable lines
+            raise TuningError(
+                f"the tuning records in {directory} cannot be read ({str(exc).strip().splitlines()[-1]}); "
+                f"restore them from git (git checkout -- {directory}) or delete the folder to start afresh"
+            ) from exc
+
+    def record_count(self) -> int:
+        return len(self.open()) if self.exists() else 0
+
+    def apply(self, mod: tvm.IRModule) -> tuple[tvm.IRModule, AppliedSchedules]:
+        """Give each fused kernel that has a record its best tuned schedule."""
+        kernels = kernel_names(mod)
+        if not self.exists():
+            return mod, AppliedSchedules(str(self.dir), None, kernels, [])
+        database = self.open()
+        with self.target.tvm_target(), database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        tuned = sorted(
+            gv.name_hint
+            for gv, func in mod.functions.items()
+            if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None
+            and bool(func.attrs.get("tirx.is_scheduled", False))
+        )
+        return mod, AppliedSchedules(str(self.dir), self.sha256(), kernels, tuned)
+
+    def merge(self, staging: ms.database.Database) -> int:
+        """Add staging's successful records to the store; returns how many were added."""
+        records = [
+            r for r in staging.get_all_tuning_records()
+            if r.run_secs and max(float(s) for s in r.run_secs) < FAILED_RUN_SECS
+        ]
+        if not records:
+            return 0
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{self.target.key}.merge-", dir=self.dir.parent))
+        try:
+            if self.exists():
+                for path in self.files:
+                    shutil.copy2(path, scratch / path.name)
+            database = self.open(scratch)
+            for record in records:
+                workload = database.commit_workload(record.workload.mod)
+                database.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        record.trace, workload, record.run_secs, record.target, record.args_info
+                    )
+                )
+            del database
+            self.dir.mkdir(parents=True, exist_ok=True)
+            # Workloads first: a stop between the two renames leaves unused workloads, never
+            # records that point at a missing workload.
+            for path in self.files:
+                (scratch / path.name).replace(path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return len(records)
+
+
+@dataclass
+class TaskProgress:
+    name: str
+    trials: int = 0
+    best_ms: float = math.inf
+
+
+@dataclass
+class TuneResult:
+    target_key: str
+    store: Path
+    tasks: list[TaskProgress]
+    records_added: int
+    records_total: int
+    seconds: float
+    interrupted: bool = False
+
+
+@derived_object
+class _ProgressReporter(ms.measure_callback.PyMeasureCallback):
+    """Logs task i of n, trials done and the best latency so far after every measured batch."""
+
+    def __init__(self, progress: list[TaskProgress], trials_per_task: int) -> None:
+        self.progress = progress
+        self.trials_per_task = trials_per_task
+        self.started = time.time()
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        task = self.progress[task_id]
+        task.trials += len(runner_results)
+        for result in runner_results:
+            if result.error_msg is None and result.run_secs:
+                secs = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+                task.best_ms = min(task.best_ms, secs * 1e3)
+        best = f"{task.best_ms:.3f} ms" if math.isfinite(task.best_ms) else "none valid yet"
+        log.info(
+            "task %d/%d %s: %d/%d trials, best %s (%.0f s elapsed)",
+            task_id + 1, len(self.progress), task.name, task.trials, self.trials_per_task, best,
+            time.time() - self.started,
+        )
+
+
+@dataclass
+class TuneOptions:
+    selection: GraphSelection
+    target: str | dict | TargetSpec = "cpu"
+    trials_per_task: int = 64
+    cost_model: str = "xgb"
+    seed: int | None = 0
+    schedules: Path = field(default=SCHEDULES_DIR)
+
+
+def tune(options: TuneOptions) -> TuneResult:
+    """Tune every fused kernel of a graph and merge the records into `schedules/<target-key>/`.
+
+    Every task gets `trials_per_task` trials (the global budget is that times the task count), so
+    no task is starved by cheaper ones; the next build of the same graph and target applies them.
+    """
+    if options.trials_per_task < 1:
+        raise TuningError(f"trials per task must be at least 1, got {options.trials_per_task}")
+    source = options.selection.resolve()
+    target = resolve_target(options.target)
+    started = time.time()
+    lowered = lower(import_onnx(source.model).mod, target)
+    tvm_target = target.tvm_target()
+    extracted = ms.relax_integration.extract_tasks(lowered, tvm_target)
+    store = ScheduleStore(target, options.schedules)
+    staging_dir = Path(tempfile.mkdtemp(prefix="pipeline-tune-"))
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted, work_dir=str(staging_dir), seed=options.seed
+    )
+    if not contexts:
+        raise TuningError("this graph has no kernels left to tune")
+    progress = [TaskProgress(ctx.task_name) for ctx in contexts]
+    log.info(
+        "tuning %d tasks for %s, %d trials each (%d in all); records go to %s",
+        len(contexts), target.key, options.trials_per_task, options.trials_per_task * len(contexts), store.dir,
+    )
+    staging = ms.database.JSONDatabase(work_dir=str(staging_dir))
+    interrupted = False
+    try:
+        ms.tune.tune_tasks(
+            tasks=contexts,
+            task_weights=weights,
+            work_dir=str(staging_dir),
+            max_trials_global=options.trials_per_task * len(contexts),
+            max_trials_per_task=options.trials_per_task,
+            num_trials_per_iter=min(64, options.trials_per_task),
+            database=staging,
+            cost_model=options.cost_model,
+            measure_callbacks=[
+                *ms.measure_callback.MeasureCallback.create("default"),
+                _ProgressReporter(progress, options.trials_per_task),
+            ],
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("tuning interrupted: keeping the records measured so far")
+    finally:
+        try:
+            added = store.merge(staging)
+        except Exception:
+            log.error("could not merge the new records; they are kept in %s", staging_dir)
+            raise
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    result = TuneResult(
+        target.key, store.dir, progress, added, store.record_count(), time.time() - started, interrupted
+    )
+    log.info(
+        "added %d records to %s (%d in all) in %.0f s", added, store.dir, result.records_total, result.seconds
+    )
+    return result

@@ -1,0 +1,44 @@
+import os
+
+import pytest
+
+from pipeline.build import BuildOptions, build
+from pipeline.graphs import GraphSelection, list_graphs, load_config
+
+TINY_FRAMES = 2
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PIPELINE_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="SAO-sized shapes take minutes on 2 cores; set PIPELINE_SLOW_TESTS=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def empty_schedules(tmp_path_factory):
+    return tmp_path_factory.mktemp("schedules")
+
+
+def tiny_build_options(out, schedules, graph, **overrides):
+    return BuildOptions(
+        selection=GraphSelection(graph=graph, config="tiny", latent_frames=TINY_FRAMES),
+        out=out, schedules=schedules, timing_repeats=2, **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_builds(tmp_path_factory, tiny_config, empty_schedules):
+    """Every named graph of the tiny config, built once for the session."""
+    out = tmp_path_factory.mktemp("artifacts")
+    return {
+        info.name: build(tiny_build_options(out, empty_schedules, info.name))
+        for info in list_graphs(tiny_config)
+    }

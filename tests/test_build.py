@@ -1,0 +1,57 @@
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.artifact import LIBRARY, MANIFEST, PARAMS, SOURCE_ONNX, read_manifest, sha256_file
+from pipeline.build import build
+from pipeline.errors import UnverifiedArtifactError, VerificationError
+from pipeline.graphs import list_graphs, load_config
+from pipeline.runtime import load
+from pipeline.verify import Tolerance
+
+from .conftest import tiny_build_options
+
+TINY_GRAPHS = [g.name for g in list_graphs(load_config("tiny"))]
+
+
+@pytest.mark.parametrize("name", TINY_GRAPHS)
+def test_tvm_build_agrees_with_onnxruntime(tiny_builds, name):
+    result = tiny_builds[name]
+    verification = result.manifest.verification
+    assert result.passed, verification
+    for check in verification.outputs:
+        assert check.max_rel_error <= verification.rtol
+        assert 0 < check.max_abs_error < 1e-3  # an exact 0 would mean TVM was not compared at all
+
+
+def test_manifest_records_files_versions_and_target(tiny_builds):
+    result = tiny_builds["block2"]
+    manifest = json.loads((result.artifact / MANIFEST).read_text())
+    assert set(manifest["files"]) == {LIBRARY, PARAMS, SOURCE_ONNX}
+    for name, digest in manifest["files"].items():
+        assert sha256_file(result.artifact / name) == digest
+    assert manifest["graph"]["onnx_sha256"] == manifest["files"][SOURCE_ONNX]
+    assert manifest["graph"]["latent_frames"] == 2 and manifest["graph"]["origin"] == "oobleck:tiny"
+    assert manifest["versions"]["apache-tvm"] == "0.27.0.post1"
+    assert {"apache-tvm-ffi", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    assert manifest["target"]["kind"] == "llvm" and manifest["target"]["key"] == result.artifact.name
+    assert manifest["inputs"] == [{"name": "x", "shape": [1, 32, 16], "dtype": "float32"}]
+    assert manifest["verification"]["passed"] is True
+    assert manifest["tuning"]["tuned"] == [] and manifest["tuning"]["kernels"]
+    assert result.artifact.parent.name == "block2"
+
+
+def test_mismatch_fails_the_build_and_keeps_the_good_artifact(tmp_path, empty_schedules):
+    good = build(tiny_build_options(tmp_path, empty_schedules, "convt3"))
+    good_library = sha256_file(good.artifact / LIBRARY)
+    # A zero tolerance cannot be met by two fp32 implementations: this drives the real failure path.
+    with pytest.raises(VerificationError, match="disagrees with onnxruntime"):
+        build(tiny_build_options(tmp_path, empty_schedules, "convt3", tolerance=Tolerance(rtol=0.0, atol=0.0)))
+    failed = good.artifact.with_name(good.artifact.name + ".failed")
+    assert read_manifest(failed).verification.passed is False
+    with pytest.raises(UnverifiedArtifactError, match="failed verification"):
+        load(failed)
+    assert sha256_file(good.artifact / LIBRARY) == good_library
+    model = load(good.artifact)
+    assert model(np.zeros(model.inputs[0].shape, np.float32)).shape == model.outputs[0].shape

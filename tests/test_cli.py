@@ -1,0 +1,64 @@
+"""The CLI verbs, run as a user runs them: `python -m pipeline ...` in a subprocess."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def cli(*args, check=True):
+    done = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def test_graphs_lists_and_exports(tmp_path):
+    listing = cli("graphs").stdout
+    for name in ["convt1", "convt5", "block1", "block5", "decoder"]:
+        assert f"  {name} " in listing
+    assert "2048->1024 k16 s8 p4" in listing
+    cli("graphs", "--graph", "convt4", "--config", "tiny", "-T", "2", "--export", tmp_path / "c4.onnx")
+    import onnx
+
+    onnx.checker.check_model(onnx.load(tmp_path / "c4.onnx"))
+
+
+def test_build_verify_run(tmp_path, empty_schedules):
+    build = cli("build", "--graph", "convt5", "--config", "tiny", "-T", "2", "--out", tmp_path,
+                "--schedules", empty_schedules)
+    lines = build.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("convt5 "))
+    assert "✓" in row
+    artifact = row.split()[-1]
+    verify = cli("verify", artifact)
+    assert verify.stdout.startswith("✓ y: max abs error")
+    x = np.random.default_rng(0).standard_normal((1, 4, 2048)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    cli("run", artifact, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
+    assert np.load(tmp_path / "y.npy").shape == (1, 4, 4096)
+
+
+def test_build_from_onnx_path(tmp_path, empty_schedules):
+    cli("graphs", "--graph", "convt2", "--config", "tiny", "-T", "1", "--export", tmp_path / "mine.onnx")
+    build = cli("build", "--onnx", tmp_path / "mine.onnx", "--out", tmp_path / "art", "--schedules", empty_schedules)
+    assert any(line.startswith("mine ") and "✓" in line for line in build.stdout.splitlines())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["build", "--graph", "convt7", "--config", "tiny"], "no graph named 'convt7'"),
+    (["build", "--onnx", "nowhere.onnx"], "does not exist"),
+    (["build", "--graph", "convt1", "--target", "tpu"], "unknown target 'tpu'"),
+    (["verify", "."], "is not an artifact"),
+])
+def test_user_errors_are_one_clear_line(args, message):
+    done = cli(*args, check=False)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_not_onnx_file_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"this is not protobuf at all")
+    done = cli("build", "--onnx", tmp_path / "bad.onnx", check=False)
+    assert done.returncode == 2 and "not a readable ONNX model" in done.stderr

@@ -1,0 +1,94 @@
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from pipeline.artifact import MANIFEST, PARAMS
+from pipeline.errors import ArtifactError, ArtifactIntegrityError, ArtifactVersionError, InputError
+from pipeline.runtime import load
+from pipeline.verify import onnxruntime_outputs
+
+SHAPE = (1, 32, 16)  # tiny convt2 at T=2: 32 channels, 8 * T samples
+
+
+@pytest.fixture
+def artifact(tiny_builds, tmp_path):
+    """A private copy, so tampering cannot affect other tests."""
+    copy = tmp_path / "convt2"
+    shutil.copytree(tiny_builds["convt2"].artifact, copy)
+    return copy
+
+
+def test_round_trip_in_a_fresh_process(artifact, tmp_path):
+    x = np.random.default_rng(5).standard_normal(SHAPE).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = textwrap.dedent(f"""
+        import numpy as np, sys
+        import pipeline.runtime
+        model = pipeline.runtime.load({str(artifact)!r})
+        y = model(np.load({str(tmp_path / "x.npy")!r}))
+        np.save({str(tmp_path / "y.npy")!r}, y)
+        assert "pipeline.build" not in sys.modules and "pipeline.tuning" not in sys.modules
+        print(model.manifest.graph.name, model.manifest.verification.passed)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["convt2", "True"]
+    (expected,) = onnxruntime_outputs(artifact / "model.onnx", {"x": x})
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_named_inputs_work_like_positional(artifact):
+    model = load(artifact)
+    x = np.ones(SHAPE, np.float32)
+    np.testing.assert_array_equal(model(x), model(x=x))
+
+
+def test_tampered_file_is_refused(artifact):
+    with open(artifact / PARAMS, "r+b") as f:
+        f.seek(-16, 2)
+        f.write(b"\x00" * 16)
+    with pytest.raises(ArtifactIntegrityError, match="changed after the build"):
+        load(artifact)
+
+
+def test_missing_file_is_refused(artifact):
+    (artifact / "model.so").unlink()
+    with pytest.raises(ArtifactIntegrityError, match="missing"):
+        load(artifact)
+
+
+def test_other_tvm_version_is_refused(artifact):
+    manifest = json.loads((artifact / MANIFEST).read_text())
+    manifest["versions"]["apache-tvm"] = "0.26.0"
+    (artifact / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactVersionError, match="TVM 0.26.0"):
+        load(artifact)
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load(tmp_path)
+
+
+def test_wrong_shape_and_dtype_are_refused(artifact):
+    model = load(artifact)
+    with pytest.raises(InputError, match=r"shape \[1, 32, 16\]"):
+        model(np.zeros((1, 32, 17), np.float32))
+    with pytest.raises(InputError, match="must be float32, got float64"):
+        model(np.zeros(SHAPE, np.float64))
+    with pytest.raises(InputError, match="takes 1 input"):
+        model()
+    with pytest.raises(InputError, match="unknown input"):
+        model(latents=np.zeros(SHAPE, np.float32))
+
+
+def test_non_finite_inputs_pass_through(artifact):
+    model = load(artifact)
+    x = np.zeros(SHAPE, np.float32)
+    x[0, 0, 3] = np.nan
+    y = model(x)
+    assert np.isnan(y).any() and np.isfinite(y).any()

@@ -36,7 +36,8 @@ from .artifact import (
 from .errors import BuildError, VerificationError
 from .graphs import GraphSelection
 from .importer import TensorSpec, import_onnx
-from .lowering import lower
+from .lowering import DEFAULT_LOWERING, lower
+from .passes.default_cpu_schedule import DefaultConvTransposeCPUSchedule
 from .runtime import Timing
 from .target import TargetSpec, resolve_target
 from .tuning import SCHEDULES_DIR, ScheduleStore
@@ -56,6 +57,7 @@ class BuildOptions:
     tolerance: Tolerance = field(default_factory=Tolerance)
     input_seed: int = DEFAULT_INPUT_SEED
     timing_repeats: int = 5
+    lowering: str = DEFAULT_LOWERING
     # A library caller gets an exception on a mismatch; the CLI turns it into the exit status.
     raise_on_mismatch: bool = True
 
@@ -73,11 +75,13 @@ class BuildResult:
 
 
 def compile_module(
-    mod: tvm.IRModule, target: TargetSpec, store: ScheduleStore
+    mod: tvm.IRModule, target: TargetSpec, store: ScheduleStore, lowering: str = DEFAULT_LOWERING
 ) -> tuple[tvm.runtime.Executable, AppliedSchedules]:
     """Lower, give tuned kernels their records, and compile for the target."""
-    lowered = lower(mod, target)
+    lowered = lower(mod, target, lowering)
     scheduled, applied = store.apply(lowered)
+    if target.kind == "llvm":
+        scheduled = DefaultConvTransposeCPUSchedule()(scheduled)
     log.info(
         "%d of %d kernels have tuning records in %s", len(applied.tuned), len(applied.kernels), store.dir
     )
@@ -98,7 +102,9 @@ def build(options: BuildOptions) -> BuildResult:
     imported = import_onnx(source.model)
     if len(set(imported.param_names)) != len(imported.param_names):
         raise BuildError(f"{source.name}: two weights share one name; give every initializer a unique name")
-    executable, applied = compile_module(imported.mod, target, ScheduleStore(target, options.schedules))
+    executable, applied = compile_module(
+        imported.mod, target, ScheduleStore(target, options.schedules), options.lowering
+    )
     stage = StagedArtifact(artifact_dir(options.out, source.name, target.key))
     try:
         executable.export_library(str(stage.dir / LIBRARY))
@@ -113,7 +119,7 @@ def build(options: BuildOptions) -> BuildResult:
             outputs=imported.outputs,
             params=[TensorSpec(n, tuple(p.shape), str(p.dtype)) for n, p in zip(imported.param_names, imported.params)],
             target=TargetRecord(target.kind, target.key, target.config),
-            lowering="stock",
+            lowering=options.lowering,
             versions=package_versions(),
             tuning=applied,
             files=stage.hash_files(),

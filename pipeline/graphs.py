@@ -471,3 +471,27 @@ class GraphSelection:
         if self.onnx is not None:
             return load_onnx_file(self.onnx)
         return make_graph(self.graph, self.config, self.latent_frames, self.seed)
+
+
+def useful_flops(model: onnx.ModelProto) -> int:
+    """Multiply-adds x 2 of every Conv and ConvTranspose node: the work an ideal kernel must do.
+
+    ConvTranspose counts 2 * N * Cin * Cout/group * prod(kernel) * prod(input spatial), i.e. no
+    multiplication by inserted zeros; Conv counts the same per output position."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
+    }
+    shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        x, w = shapes[node.input[0]], shapes[node.input[1]]
+        if node.op_type == "ConvTranspose":
+            total += 2 * x[0] * w[0] * w[1] * math.prod(w[2:]) * math.prod(x[2:])
+        else:
+            y = shapes[node.output[0]]
+            total += 2 * y[0] * w[0] * w[1] * math.prod(w[2:]) * math.prod(y[2:])
+    return total

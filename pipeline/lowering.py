@@ -6,15 +6,27 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from .errors import BuildError
+from .passes.convtranspose_gemm import ConvTransposeToGemm
 from .target import TargetSpec
 
+# "zero-waste": our GEMM + col2im rewrite; "stock": TVM's zero-dilated dense convolution.
+LOWERINGS = ("zero-waste", "stock")
+DEFAULT_LOWERING = "zero-waste"
 
-def lowering_phases() -> list[tvm.transform.Pass]:
+
+def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform.Pass]:
     """Each phase is a named Sequential, so pass traces and errors say where they came from."""
+    if convtranspose not in LOWERINGS:
+        raise BuildError(f"unknown ConvTranspose lowering {convtranspose!r}: choose one of {LOWERINGS}")
     return [
         tvm.transform.Sequential(
             [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()],
             name="canonicalize",
+        ),
+        tvm.transform.Sequential(
+            [ConvTransposeToGemm()] if convtranspose == "zero-waste" else [],
+            name="convtranspose",
         ),
         tvm.transform.Sequential(
             [
@@ -31,10 +43,10 @@ def lowering_phases() -> list[tvm.transform.Pass]:
     ]
 
 
-def lower(mod: tvm.IRModule, target: TargetSpec) -> tvm.IRModule:
+def lower(mod: tvm.IRModule, target: TargetSpec, convtranspose: str = DEFAULT_LOWERING) -> tvm.IRModule:
     """Relax graph -> Relax calling fused, unscheduled TIR kernels."""
     with target.tvm_target():
-        return tvm.transform.Sequential(lowering_phases(), name="lowering")(mod)
+        return tvm.transform.Sequential(lowering_phases(convtranspose), name="lowering")(mod)
 
 
 def kernel_names(mod: tvm.IRModule) -> list[str]:

@@ -14,6 +14,17 @@ import numpy as np
 from .graphs import Conv, ConvTranspose, Decoder, DecoderBlock, ResidualUnit, Snake
 
 
+def _attributes(rank: int, strides, pads, dilations) -> tuple[list[int], list[int], list[int]]:
+    """ONNX defaults: stride 1, no padding, dilation 1."""
+    return list(strides or [1] * rank), list(pads or [0] * (2 * rank)), list(dilations or [1] * rank)
+
+
+def _add_bias(out: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    if bias is not None:
+        out += bias.astype(np.float64).reshape(1, -1, *([1] * (out.ndim - 2)))
+    return out
+
+
 def conv_transpose(
     x: np.ndarray,
     w: np.ndarray,
@@ -30,9 +41,7 @@ def conv_transpose(
     cin_w, cout_per_group, *kernel = w.shape
     if cin_w != cin:
         raise ValueError(f"weight has {cin_w} input channels, input has {cin}")
-    strides = list(strides or [1] * rank)
-    dilations = list(dilations or [1] * rank)
-    pads = list(pads or [0] * (2 * rank))
+    strides, pads, dilations = _attributes(rank, strides, pads, dilations)
     output_padding = list(output_padding or [0] * rank)
     cin_per_group = cin // group
     full = [
@@ -56,10 +65,7 @@ def conv_transpose(
             )
             out[(slice(None), out_channels, *window)] += contrib
     crop = tuple(slice(pads[d], full[d] - pads[rank + d]) for d in range(rank))
-    out = out[(slice(None), slice(None), *crop)]
-    if bias is not None:
-        out += bias.astype(np.float64).reshape(1, -1, *([1] * rank))
-    return out
+    return _add_bias(out[(slice(None), slice(None), *crop)], bias)
 
 
 def conv(
@@ -75,9 +81,7 @@ def conv(
     n, cin, *in_size = x.shape
     rank = len(in_size)
     cout, cin_per_group, *kernel = w.shape
-    strides = list(strides or [1] * rank)
-    dilations = list(dilations or [1] * rank)
-    pads = list(pads or [0] * (2 * rank))
+    strides, pads, dilations = _attributes(rank, strides, pads, dilations)
     padded = np.pad(
         x.astype(np.float64), [(0, 0), (0, 0), *[(pads[d], pads[rank + d]) for d in range(rank)]]
     )
@@ -99,9 +103,7 @@ def conv(
             patch = xg[(slice(None), slice(None), *window)]
             contrib = np.tensordot(patch, w64[(out_channels, slice(None), *tap)], axes=([1], [1]))
             out[:, out_channels] += np.moveaxis(contrib, -1, 1)
-    if bias is not None:
-        out += bias.astype(np.float64).reshape(1, -1, *([1] * rank))
-    return out
+    return _add_bias(out, bias)
 
 
 def snake(x: np.ndarray, p: Snake) -> np.ndarray:

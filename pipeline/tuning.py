@@ -25,7 +25,7 @@ from .artifact import AppliedSchedules
 from .errors import TuningError
 from .graphs import GraphSelection
 from .importer import import_onnx
-from .lowering import kernel_names, lower
+from .lowering import DEFAULT_LOWERING, kernel_names, lower
 from .target import TargetSpec, resolve_target
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ class _ProgressReporter(ms.measure_callback.PyMeasureCallback):
         self.started = time.time()
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        if not runner_results:
+            return
         task = self.progress[task_id]
         task.trials += len(runner_results)
         for result in runner_results:
@@ -170,6 +172,7 @@ class TuneOptions:
     trials_per_task: int = 64
     cost_model: str = "xgb"
     seed: int | None = 0
+    lowering: str = DEFAULT_LOWERING
     schedules: Path = field(default=SCHEDULES_DIR)
 
 
@@ -184,7 +187,7 @@ def tune(options: TuneOptions) -> TuneResult:
     source = options.selection.resolve()
     target = resolve_target(options.target)
     started = time.time()
-    lowered = lower(import_onnx(source.model).mod, target)
+    lowered = lower(import_onnx(source.model).mod, target, options.lowering)
     tvm_target = target.tvm_target()
     extracted = ms.relax_integration.extract_tasks(lowered, tvm_target)
     store = ScheduleStore(target, options.schedules)

@@ -8,9 +8,9 @@ import logging
 import sys
 
 from ..errors import PipelineError
-from . import build, graphs, run, tune, verify
+from . import bench, build, graphs, run, tune, verify
 
-VERBS = {"graphs": graphs, "build": build, "tune": tune, "verify": verify, "run": run}
+VERBS = {"graphs": graphs, "build": build, "tune": tune, "verify": verify, "run": run, "bench": bench}
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -8,14 +8,14 @@ from pathlib import Path
 from ..artifact import ARTIFACTS_DIR
 from ..build import DEFAULT_GRAPHS, BuildOptions, BuildResult, build, build_many
 from ..tuning import SCHEDULES_DIR
-from .options import add_graph_arguments, add_target_argument, graph_selection
+from .options import add_graph_arguments, add_target_arguments, graph_selection
 
 HELP = "compile, verify against onnxruntime and save an artifact (no graph: convt1..convt5)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_graph_arguments(parser, required=False)
-    add_target_argument(parser)
+    add_target_arguments(parser)
     parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR, help="artifacts root (default artifacts/)")
     parser.add_argument("--schedules", type=Path, default=SCHEDULES_DIR, help="tuning records root")
 
@@ -41,7 +41,7 @@ def summary_table(results: list[BuildResult]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     options = BuildOptions(
-        selection=graph_selection(args), target=args.target, out=args.out, schedules=args.schedules,
+        selection=graph_selection(args), target=args.target, lowering=args.lowering, out=args.out, schedules=args.schedules,
         raise_on_mismatch=False,
     )
     if args.graph or args.onnx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..lowering import DEFAULT_LOWERING, LOWERINGS
 from ..graphs import DEFAULT_CONFIG, DEFAULT_LATENT_FRAMES, DEFAULT_SEED, GraphSelection
 
 
@@ -20,10 +21,14 @@ def add_graph_arguments(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weight seed of the named graphs")
 
 
-def add_target_argument(parser: argparse.ArgumentParser) -> None:
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", default="cpu",
         help="'cpu' (this machine, detected) or a TVM target dict as JSON (default cpu)",
+    )
+    parser.add_argument(
+        "--lowering", choices=LOWERINGS, default=DEFAULT_LOWERING,
+        help="ConvTranspose lowering: zero-waste GEMM + col2im (default) or TVM's stock zero-dilated conv",
     )
 
 

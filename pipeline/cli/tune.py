@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from ..tuning import SCHEDULES_DIR, TuneOptions, tune
-from .options import add_graph_arguments, add_target_argument, graph_selection
+from .options import add_graph_arguments, add_target_arguments, graph_selection
 
 HELP = "tune a graph's kernels with MetaSchedule and merge the records into schedules/<target-key>/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_graph_arguments(parser, required=True)
-    add_target_argument(parser)
+    add_target_arguments(parser)
     parser.add_argument("--trials", type=int, default=64, help="trials per task (default 64)")
     parser.add_argument("--cost-model", choices=("xgb", "random"), default="xgb", help="MetaSchedule cost model")
-    parser.add_argument("--schedules", default=SCHEDULES_DIR, help="tuning records root (default schedules/)")
+    parser.add_argument("--schedules", type=Path, default=SCHEDULES_DIR, help="tuning records root (default schedules/)")
 
 
 def run(args: argparse.Namespace) -> int:
     result = tune(
         TuneOptions(
-            selection=graph_selection(args), target=args.target, trials_per_task=args.trials,
+            selection=graph_selection(args), target=args.target, lowering=args.lowering, trials_per_task=args.trials,
             cost_model=args.cost_model, schedules=args.schedules,
         )
     )

@@ -1,0 +1,35 @@
+"""`bench`: ours vs onnxruntime (and optionally TVM's stock lowering), side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..artifact import ARTIFACTS_DIR
+from ..bench import BenchOptions, bench, markdown_table
+from ..build import DEFAULT_GRAPHS
+from ..graphs import DEFAULT_CONFIG, DEFAULT_LATENT_FRAMES
+from ..tuning import SCHEDULES_DIR
+
+HELP = "time our build against onnxruntime on the same inputs; writes artifacts/bench/bench.{json,md,png}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--graph", action="append", help="a named graph; repeat for more (default convt1..convt5)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--latent-frames", "-T", type=int, default=DEFAULT_LATENT_FRAMES)
+    parser.add_argument("--target", default="cpu")
+    parser.add_argument("--repeats", type=int, default=10, help="timed repeats per side (each >= 200 ms)")
+    parser.add_argument("--with-stock", action="store_true", help="also build and time TVM's stock lowering (slow)")
+    parser.add_argument("--schedules", type=Path, default=SCHEDULES_DIR)
+    parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR / "bench")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = bench(BenchOptions(
+        graphs=args.graph or list(DEFAULT_GRAPHS), config=args.config, latent_frames=args.latent_frames,
+        target=args.target, schedules=args.schedules, out=args.out, repeats=args.repeats, with_stock=args.with_stock,
+    ))
+    print(markdown_table(report))
+    print(f"wrote {args.out}/bench.json, bench.md" + (", bench.png" if (args.out / "bench.png").exists() else ""))
+    return 0

@@ -1,0 +1,1 @@
+"""Our own compiler passes, one per module."""

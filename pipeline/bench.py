@@ -203,7 +203,7 @@ def write_report(report: BenchReport, out: Path) -> None:
     names = [r.graph for r in report.rows]
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 4))
     xs = np.arange(len(names))
-    ax.bar(xs - 0.2, [r.gflops(r.tvm) for r in report.rows], 0.4, label="ours (TVM, zero-waste, tuned)")
+    ax.bar(xs - 0.2, [r.gflops(r.tvm) for r in report.rows], 0.4, label="ours (TVM, zero-waste lowering)")
     ax.bar(xs + 0.2, [r.gflops(r.onnxruntime) for r in report.rows], 0.4, label="onnxruntime CPU")
     ax.axhline(report.peak_gflops, color="gray", linestyle="--", label="fp32 matmul peak (same run)")
     ax.set_xticks(xs, names)

@@ -35,6 +35,7 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 # MetaSchedule files failed builds and runs with this run time.
 FAILED_RUN_SECS = 1e9
+BUILD_TIMEOUT_SEC = 90
 
 
 class ScheduleStore:
@@ -213,6 +214,9 @@ def tune(options: TuneOptions) -> TuneResult:
             max_trials_per_task=options.trials_per_task,
             num_trials_per_iter=min(64, options.trials_per_task),
             database=staging,
+            # Workers start by importing TVM, which takes seconds on a busy 2-core machine; the
+            # default 30 s per build then kills and restarts them in a loop.
+            builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SEC),
             cost_model=options.cost_model,
             measure_callbacks=[
                 *ms.measure_callback.MeasureCallback.create("default"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import platform
 import statistics
 import time
@@ -24,7 +23,7 @@ from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
 from .graphs import GraphSelection, useful_flops
 from .runtime import Timing, load
-from .target import TargetSpec, resolve_target
+from .target import TargetSpec, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
 from .verify import seeded_inputs
 
@@ -54,6 +53,13 @@ class Measurement:
     @classmethod
     def of(cls, timing: Timing) -> Measurement:
         return cls(timing.median_ms, timing.min_ms, timing.max_ms)
+
+    @classmethod
+    def combined(cls, runs: list) -> Measurement:
+        """Median of the runs' medians, extremes over all runs (Timing or Measurement alike)."""
+        return cls(
+            statistics.median(r.median_ms for r in runs), min(r.min_ms for r in runs), max(r.max_ms for r in runs)
+        )
 
 
 @dataclass(frozen=True)
@@ -134,12 +140,7 @@ def _bench_graph(name: str, options: BenchOptions, target: TargetSpec) -> BenchR
     for _ in range(2):
         tvm_runs.append(model.time(inputs, repeats=options.repeats // 2 or 1))
         ort_runs.append(time_onnxruntime(session, feeds, options.repeats // 2 or 1))
-    tvm = Measurement(
-        statistics.median(t.median_ms for t in tvm_runs), min(t.min_ms for t in tvm_runs), max(t.max_ms for t in tvm_runs)
-    )
-    onnxruntime = Measurement(
-        statistics.median(m.median_ms for m in ort_runs), min(m.min_ms for m in ort_runs), max(m.max_ms for m in ort_runs)
-    )
+    tvm, onnxruntime = Measurement.combined(tvm_runs), Measurement.combined(ort_runs)
     tuning = ours.manifest.tuning
     return BenchRow(name, gflop, tvm, onnxruntime, stock, f"{len(tuning.tuned)}/{len(tuning.kernels)}", note)
 
@@ -158,7 +159,7 @@ def bench(options: BenchOptions) -> BenchReport:
     report = BenchReport(
         rows, peak,
         machine={"cpu": platform.processor() or platform.machine(), "llvm_cpu": target.config.get("mcpu"),
-                 "cores": len(os.sched_getaffinity(0)), "onnxruntime_threads": "default"},
+                 "cores": host_cores(), "onnxruntime_threads": "default"},
         settings={"config": options.config, "latent_frames": options.latent_frames, "target": target.key,
                   "repeats": options.repeats},
     )

@@ -32,8 +32,8 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def graph_selection(args: argparse.Namespace, graph: str | None = None) -> GraphSelection:
+def graph_selection(args: argparse.Namespace) -> GraphSelection:
     return GraphSelection(
-        graph=graph or args.graph, onnx=args.onnx, config=args.config,
+        graph=args.graph, onnx=args.onnx, config=args.config,
         latent_frames=args.latent_frames, seed=args.seed,
     )

@@ -21,9 +21,15 @@ from pathlib import Path
 from .errors import ArtifactError, ArtifactIntegrityError
 from .importer import TensorSpec
 
-FORMAT = "pipeline-artifact/1"
+FORMAT = "pipeline-artifact/2"
 MANIFEST = "manifest.json"
-LIBRARY = "model.so"
+def library_name(sha256: str) -> str:
+    """The library is named by its content: a process that loaded one build keeps it mapped, and
+    dlopen hands the same mapping back for the same path, so a rebuilt artifact at the same place
+    must not reuse the name."""
+    return f"model-{sha256[:16]}.so"
+
+
 PARAMS = "params.npz"
 SOURCE_ONNX = "model.onnx"
 ARTIFACTS_DIR = Path("artifacts")
@@ -43,6 +49,17 @@ class TargetRecord:
     kind: str
     key: str
     config: dict
+
+
+@dataclass(frozen=True)
+class DeviceCode:
+    """The GPU code inside the library: `format` is what the driver loads (fatbin or ptx), never
+    kernel source, which would need a compiler on the deployment machine."""
+
+    kind: str
+    arch: str
+    format: str
+    host: dict
 
 
 @dataclass(frozen=True)
@@ -92,7 +109,11 @@ class Manifest:
     tuning: AppliedSchedules
     files: dict[str, str]
     build_seconds: float
+    library: str
     verification: Verification | None = None
+    device_code: DeviceCode | None = None
+    # Why `verification` is missing: a GPU build made where no such GPU is present.
+    verification_pending: str | None = None
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -122,7 +143,10 @@ class Manifest:
             tuning=AppliedSchedules(**data["tuning"]),
             files=data["files"],
             build_seconds=data["build_seconds"],
+            library=data["library"],
             verification=verification,
+            device_code=DeviceCode(**data["device_code"]) if data.get("device_code") else None,
+            verification_pending=data.get("verification_pending"),
         )
 
 

@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
+from .errors import TargetError
 from .graphs import GraphSelection, useful_flops
 from .runtime import Timing, load
 from .target import TargetSpec, host_cores, resolve_target
@@ -148,6 +149,11 @@ def _bench_graph(name: str, options: BenchOptions, target: TargetSpec) -> BenchR
 def bench(options: BenchOptions) -> BenchReport:
     """Build (or rebuild) each graph, then time ours and onnxruntime side by side; write JSON, Markdown, PNG."""
     target = resolve_target(options.target)
+    if target.kind != "llvm":
+        raise TargetError(
+            f"bench times CPU builds against onnxruntime CPU; {target.key} would be timed against "
+            f"PyTorch/cuDNN on the GPU, which this verb does not do yet: use --target cpu"
+        )
     peak = measure_peak_gflops()
     log.info("peak: %.1f GFLOP/s (numpy fp32 matmul 2048^3, best of 5)", peak)
     rows = []

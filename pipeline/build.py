@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import tvm
+from tvm import relax, s_tir
+from tvm.s_tir import dlight as dl
 
-from . import runtime
+from . import devices, runtime
 from .artifact import (
     ARTIFACTS_DIR,
     FORMAT,
-    LIBRARY,
     PARAMS,
     SOURCE_ONNX,
     AppliedSchedules,
@@ -29,6 +30,7 @@ from .artifact import (
     StagedArtifact,
     TargetRecord,
     artifact_dir,
+    library_name,
     package_versions,
     sha256_file,
     write_manifest,
@@ -36,7 +38,7 @@ from .artifact import (
 from .errors import BuildError, VerificationError
 from .graphs import GraphSelection
 from .importer import TensorSpec, import_onnx
-from .lowering import DEFAULT_LOWERING, lower
+from .lowering import DEFAULT_LOWERING, ENTRY, WEIGHT_PREPARATION, lower
 from .passes.default_cpu_schedule import DefaultConvTransposeCPUSchedule
 from .runtime import Timing
 from .target import TargetSpec, resolve_target
@@ -67,30 +69,89 @@ class BuildResult:
     graph: str
     artifact: Path
     manifest: Manifest
-    latency: Timing
+    # None where the target's device is not on this machine: nothing was run.
+    latency: Timing | None
 
     @property
     def passed(self) -> bool:
         return self.manifest.verification is not None and self.manifest.verification.passed
 
+    @property
+    def pending(self) -> bool:
+        """Built for a device this machine lacks: verify it there with `python -m pipeline verify`."""
+        return self.manifest.verification_pending is not None
+
+
+@dataclass
+class CompiledGraph:
+    """`executable` runs `main` on the target; `weight_preparation` (host CPU) turns the imported
+    weights into the ones `main` takes, once, at build time."""
+
+    executable: tvm.runtime.Executable
+    weight_preparation: tvm.runtime.Executable
+    prepared_weight_names: list[str]
+    applied: AppliedSchedules
+
+    def prepare_weights(self, weights: list[np.ndarray]) -> list[np.ndarray]:
+        host = tvm.cpu()
+        vm = relax.VirtualMachine(self.weight_preparation, host)
+        prepared = vm[WEIGHT_PREPARATION](tvm.runtime.convert([tvm.runtime.tensor(w, host) for w in weights]))
+        return [p.numpy() for p in prepared]
+
+
+def _default_gpu_schedules() -> tvm.transform.Pass:
+    """Every kernel without a record gets dlight's schedule for its pattern, and whatever dlight
+    leaves unscheduled gets DefaultGPUSchedule's thread binding: a GPU kernel without bound
+    threads fails to compile."""
+    return tvm.transform.Sequential(
+        [
+            dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+            ),
+            s_tir.transform.DefaultGPUSchedule(),
+        ],
+        name="default-gpu-schedules",
+    )
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Relax names lifted values `lv<N>` per scope, so two prepared weights can share a name."""
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}.{seen[name]}")
+    return unique
+
+
+def _compile(mod: tvm.IRModule, target: TargetSpec) -> tvm.runtime.Executable:
+    devices.compile_environment(target.kind)
+    try:
+        with target.tvm_target():
+            return tvm.compile(mod, target.tvm_target())
+    except Exception as exc:  # TVM raises its own error types from codegen
+        raise BuildError(f"TVM failed to compile for {target.key}: {str(exc).strip().splitlines()[-1]}") from exc
+
 
 def compile_module(
     mod: tvm.IRModule, target: TargetSpec, store: ScheduleStore, lowering: str = DEFAULT_LOWERING
-) -> tuple[tvm.runtime.Executable, AppliedSchedules]:
-    """Lower, give tuned kernels their records, and compile for the target."""
+) -> CompiledGraph:
+    """Lower, give tuned kernels their records and the rest our schedules, and compile for the target."""
     lowered = lower(mod, target, lowering)
-    scheduled, applied = store.apply(lowered)
+    scheduled, applied = store.apply(lowered.main)
     if target.kind == "llvm":
         scheduled = DefaultConvTransposeCPUSchedule()(scheduled)
+    else:
+        with target.tvm_target():
+            scheduled = _default_gpu_schedules()(scheduled)
     log.info(
         "%d of %d kernels have tuning records in %s", len(applied.tuned), len(applied.kernels), store.dir
     )
-    try:
-        with target.tvm_target():
-            executable = tvm.compile(scheduled, target.tvm_target())
-    except Exception as exc:  # TVM raises its own error types from codegen
-        raise BuildError(f"TVM failed to compile for {target.key}: {str(exc).strip().splitlines()[-1]}") from exc
-    return executable, applied
+    main = scheduled[ENTRY]
+    prepared_names = _unique([p.name for p in main.params[int(main.attrs["num_input"]):]])
+    return CompiledGraph(
+        _compile(scheduled, target), _compile(lowered.weight_preparation, resolve_target("cpu")), prepared_names, applied
+    )
 
 
 def build(options: BuildOptions) -> BuildResult:
@@ -102,13 +163,15 @@ def build(options: BuildOptions) -> BuildResult:
     imported = import_onnx(source.model)
     if len(set(imported.param_names)) != len(imported.param_names):
         raise BuildError(f"{source.name}: two weights share one name; give every initializer a unique name")
-    executable, applied = compile_module(
-        imported.mod, target, ScheduleStore(target, options.schedules), options.lowering
-    )
+    compiled = compile_module(imported.mod, target, ScheduleStore(target, options.schedules), options.lowering)
+    weights = compiled.prepare_weights(imported.params)
     stage = StagedArtifact(artifact_dir(options.out, source.name, target.key))
     try:
-        executable.export_library(str(stage.dir / LIBRARY))
-        np.savez(stage.dir / PARAMS, **dict(zip(imported.param_names, imported.params)))
+        exported = stage.dir / "model.so"
+        compiled.executable.export_library(str(exported))
+        library = exported.rename(stage.dir / library_name(sha256_file(exported)))
+        device_code = None if target.kind == "llvm" else devices.inspect_device_code(library, target.config)
+        np.savez(stage.dir / PARAMS, **dict(zip(compiled.prepared_weight_names, weights)))
         onnx.save(source.model, str(stage.dir / SOURCE_ONNX))
         manifest = Manifest(
             format=FORMAT,
@@ -117,14 +180,25 @@ def build(options: BuildOptions) -> BuildResult:
             ),
             inputs=imported.inputs,
             outputs=imported.outputs,
-            params=[TensorSpec(n, tuple(p.shape), str(p.dtype)) for n, p in zip(imported.param_names, imported.params)],
+            params=[TensorSpec(n, tuple(w.shape), str(w.dtype)) for n, w in zip(compiled.prepared_weight_names, weights)],
             target=TargetRecord(target.kind, target.key, target.config),
             lowering=options.lowering,
             versions=package_versions(),
-            tuning=applied,
+            tuning=compiled.applied,
             files=stage.hash_files(),
             build_seconds=round(time.time() - started, 2),
+            library=library.name,
+            device_code=device_code,
         )
+        missing = devices.missing_device(target.kind, target.arch)
+        if missing is not None:
+            manifest = dataclasses.replace(
+                manifest, verification_pending=f"not verified at build time: {missing}; run `python -m "
+                f"pipeline verify <artifact>` on a machine with the GPU",
+            )
+            write_manifest(stage.dir, manifest)
+            log.warning("%s for %s is built but not verified: %s", source.name, target.key, missing)
+            return BuildResult(source.name, stage.commit(True), manifest, None)
         write_manifest(stage.dir, manifest)
         model = runtime.load(stage.dir, allow_unverified=True)
         verification = check_model(model, options.input_seed, options.tolerance)

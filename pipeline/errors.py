@@ -40,6 +40,10 @@ class ArtifactVersionError(ArtifactError):
     """An artifact built with another TVM version than the one installed."""
 
 
+class DeviceError(ArtifactError):
+    """An artifact for a GPU that this machine does not have (or whose architecture differs)."""
+
+
 class UnverifiedArtifactError(ArtifactError):
     """An artifact whose build failed verification."""
 

@@ -443,8 +443,10 @@ def load_onnx_file(path: str | Path) -> GraphSource:
         raise GraphError(f"{path} is not a readable ONNX model ({exc}); export it again") from exc
     try:
         onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise GraphError(f"{path} fails onnx.checker: {str(exc).splitlines()[0]}; fix the exporter") from exc
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise GraphError(
+            f"{path} fails onnx.checker (with shape inference): {str(exc).strip().splitlines()[0]}; fix the exporter"
+        ) from exc
     return GraphSource(path.stem, model, str(path.resolve()))
 
 

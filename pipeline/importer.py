@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,9 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from .errors import UnsupportedModelError
+from .passes.convtranspose_explicit_pads import make_convtranspose_padding_explicit
+
+log = logging.getLogger(__name__)
 
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -71,14 +75,23 @@ def _output_specs(ret_ty, names: list[str]) -> list[TensorSpec]:
     fields = ret_ty.fields if isinstance(ret_ty, relax.TupleType) else [ret_ty]
     specs = []
     for name, field in zip(names, fields):
-        shape = tuple(int(d) for d in field.shape.values)
-        specs.append(TensorSpec(name, shape, str(field.dtype)))
+        shape = getattr(field, "shape", None)
+        dims = list(shape.values) if shape is not None else None
+        if dims is None or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+            raise UnsupportedModelError(
+                f"output {name!r} has a shape that depends on the input values ({dims or 'unknown'}); we compile "
+                f"static shapes only: remove the operator that makes it (e.g. Unique, NonZero) from the graph"
+            )
+        specs.append(TensorSpec(name, tuple(int(d) for d in dims), str(field.dtype)))
     return specs
 
 
 def import_onnx(model: onnx.ModelProto) -> ImportedGraph:
     """Import with TVM's Relax ONNX frontend; weights become trailing parameters of `main`."""
     inputs = _graph_inputs(model)
+    model, rewrites = make_convtranspose_padding_explicit(model)
+    for line in rewrites:
+        log.info("explicit ConvTranspose padding: %s", line)
     try:
         mod = from_onnx(model, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises bare Python and TVM errors for unsupported ops

@@ -1,7 +1,14 @@
 """Relax -> fused TIR kernels, in named phases. Tuning and build both go through here, so the
-kernels MetaSchedule tunes are structurally the kernels the build later looks up."""
+kernels MetaSchedule tunes are structurally the kernels the build later looks up.
+
+Work that depends on the weights alone (our packed ConvTranspose weights, the importer's bias
+reshapes) is lifted out of `main` into a separate weight-preparation module, which the build runs
+once on the host; `main` then takes the prepared weights.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax
@@ -28,6 +35,7 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
             [ConvTransposeToGemm()] if convtranspose == "zero-waste" else [],
             name="convtranspose",
         ),
+        tvm.transform.Sequential([relax.transform.LiftTransformParams()], name="lift-weight-preparation"),
         tvm.transform.Sequential(
             [
                 relax.transform.LegalizeOps(),
@@ -43,10 +51,34 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
     ]
 
 
-def lower(mod: tvm.IRModule, target: TargetSpec, convtranspose: str = DEFAULT_LOWERING) -> tvm.IRModule:
-    """Relax graph -> Relax calling fused, unscheduled TIR kernels."""
+ENTRY = "main"
+# The name LiftTransformParams gives the function it lifts out of ENTRY.
+WEIGHT_PREPARATION = f"{ENTRY}_transform_params"
+
+
+@dataclass
+class LoweredGraph:
+    """`main` takes the graph inputs, then the prepared weights that `weight_preparation`'s
+    function (WEIGHT_PREPARATION, one tuple of the imported weights in) returns."""
+
+    main: tvm.IRModule
+    weight_preparation: tvm.IRModule
+
+
+def _only(mod: tvm.IRModule, entry: str) -> tvm.IRModule:
+    """`entry` and the kernels it calls."""
+    kept = tvm.IRModule(
+        {gv: f for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) or gv.name_hint == entry},
+        attrs=mod.attrs,
+    )
+    return relax.transform.DeadCodeElimination([entry])(kept)
+
+
+def lower(mod: tvm.IRModule, target: TargetSpec, convtranspose: str = DEFAULT_LOWERING) -> LoweredGraph:
+    """Relax graph -> Relax calling fused, unscheduled TIR kernels, and its weight preparation."""
     with target.tvm_target():
-        return tvm.transform.Sequential(lowering_phases(convtranspose), name="lowering")(mod)
+        lowered = tvm.transform.Sequential(lowering_phases(convtranspose), name="lowering")(mod)
+    return LoweredGraph(_only(lowered, ENTRY), _only(lowered, WEIGHT_PREPARATION))
 
 
 def kernel_names(mod: tvm.IRModule) -> list[str]:

@@ -34,11 +34,18 @@ def conv_transpose(
     dilations=None,
     output_padding=None,
     group: int = 1,
+    auto_pad: str = "NOTSET",
+    output_shape=None,
+    kernel_shape=None,
 ) -> np.ndarray:
-    """ONNX ConvTranspose for any spatial rank. pads = [begin..., end...] as in ONNX."""
+    """ONNX ConvTranspose for any spatial rank. pads = [begin..., end...] as in ONNX; with
+    `output_shape` or a SAME `auto_pad`, the result is cut from the unpadded one as the ONNX text
+    says (the extra element of an odd total goes to the end for SAME_UPPER, else the beginning)."""
     n, cin, *in_size = x.shape
     rank = len(in_size)
     cin_w, cout_per_group, *kernel = w.shape
+    if kernel_shape is not None and list(kernel_shape) != kernel:
+        raise ValueError(f"kernel_shape {list(kernel_shape)} differs from the weight's {kernel}")
     if cin_w != cin:
         raise ValueError(f"weight has {cin_w} input channels, input has {cin}")
     strides, pads, dilations = _attributes(rank, strides, pads, dilations)
@@ -64,8 +71,29 @@ def conv_transpose(
                 for d in range(rank)
             )
             out[(slice(None), out_channels, *window)] += contrib
+    wanted = list(output_shape) if output_shape else None
+    if wanted is None and auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        wanted = [in_size[d] * strides[d] for d in range(rank)]
+    if wanted is None and auto_pad == "VALID":
+        wanted = full
+    if wanted is not None:
+        return _add_bias(_cut(out, full, wanted, upper=auto_pad == "SAME_UPPER"), bias)
     crop = tuple(slice(pads[d], full[d] - pads[rank + d]) for d in range(rank))
     return _add_bias(out[(slice(None), slice(None), *crop)], bias)
+
+
+def _cut(out: np.ndarray, full: list[int], wanted: list[int], upper: bool) -> np.ndarray:
+    """The `wanted`-sized window of the unpadded result; zeros past its end if `wanted` is larger."""
+    result = np.zeros((*out.shape[:2], *wanted), dtype=out.dtype)
+    source, target = [], []
+    for size, want in zip(full, wanted):
+        excess = max(size - want, 0)
+        start = excess // 2 if upper else excess - excess // 2
+        length = min(want, size)
+        source.append(slice(start, start + length))
+        target.append(slice(0, length))
+    result[(slice(None), slice(None), *target)] = out[(slice(None), slice(None), *source)]
+    return result
 
 
 def conv(

@@ -20,8 +20,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .artifact import LIBRARY, PARAMS, Manifest, check_files, read_manifest
+from .artifact import PARAMS, Manifest, check_files, read_manifest
 from .errors import ArtifactError, ArtifactVersionError, InputError, UnverifiedArtifactError
+from .devices import require_device
 from .importer import TensorSpec
 
 
@@ -44,10 +45,10 @@ class Model:
         self.manifest = manifest
         self.device = tvm.device(device)
         try:
-            library = tvm.runtime.load_module(str(path / LIBRARY))
+            library = tvm.runtime.load_module(str(path / manifest.library))
             self._vm = relax.VirtualMachine(library, self.device)
         except Exception as exc:  # TVM raises its own error types for unloadable libraries
-            raise ArtifactError(f"cannot load {path / LIBRARY} on {device}: {exc}; rebuild the artifact") from exc
+            raise ArtifactError(f"cannot load {path / manifest.library} on {device}: {exc}; rebuild the artifact") from exc
         with np.load(path / PARAMS) as stored:
             self._params = [tvm.runtime.tensor(stored[spec.name], self.device) for spec in manifest.params]
 
@@ -112,8 +113,9 @@ class Model:
         return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
 
 
-def load(path: Path | str, device: str = "cpu", *, allow_unverified: bool = False) -> Model:
-    """Load the artifact in `path` (a folder made by `pipeline.build.build`) on `device`."""
+def load(path: Path | str, device: str | None = None, *, allow_unverified: bool = False) -> Model:
+    """Load the artifact in `path` (a folder made by `pipeline.build.build`) on its target's
+    device ("cpu" or "cuda"; giving another is an error). A GPU artifact needs that GPU here."""
     path = Path(path)
     manifest = read_manifest(path)
     built_with = manifest.versions.get("apache-tvm")
@@ -124,12 +126,18 @@ def load(path: Path | str, device: str = "cpu", *, allow_unverified: bool = Fals
             f"rebuild the artifact with this TVM, or install apache-tvm=={built_with}"
         )
     expected_device = "cpu" if manifest.target.kind == "llvm" else manifest.target.kind
+    device = device or expected_device
     if device != expected_device:
         raise ArtifactError(
             f"{path} is built for target {manifest.target.key} and runs on device {expected_device!r}, "
             f"not {device!r}"
         )
     check_files(path, manifest)
+    require_device(manifest.target.kind, manifest.target.config.get("arch"), str(path))
+    if not allow_unverified and manifest.verification is None and manifest.verification_pending:
+        raise UnverifiedArtifactError(
+            f"{path} has not been verified against onnxruntime yet ({manifest.verification_pending})"
+        )
     if not allow_unverified and (manifest.verification is None or not manifest.verification.passed):
         raise UnverifiedArtifactError(
             f"{path} failed verification against onnxruntime at build time (see verification in its "

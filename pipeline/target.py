@@ -27,6 +27,11 @@ class TargetSpec:
     def device(self) -> str:
         return "cpu" if self.kind == "llvm" else self.kind
 
+    @property
+    def arch(self) -> str | None:
+        """The GPU architecture (`sm_90`) of a CUDA target."""
+        return self.config.get("arch")
+
 
 def host_cores() -> int:
     # Respect CPU affinity (containers, taskset), which os.cpu_count() ignores.
@@ -41,6 +46,15 @@ def host_cpu_target(num_cores: int | None = None) -> TargetSpec:
     return TargetSpec("llvm", config, _key_for(config))
 
 
+DEFAULT_CUDA_ARCH = "sm_90"  # H100 and H200
+
+
+def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> TargetSpec:
+    """CUDA for `arch`. Its host code (the Relax VM driving the kernels) is built for generic
+    x86-64, not this machine's CPU: a GPU artifact is made to run on another machine."""
+    return resolve_target({"kind": "cuda", "arch": arch})
+
+
 def _key_for(config: dict) -> str:
     if config["kind"] == "llvm":
         cores = config.get("num-cores", host_cores())
@@ -49,11 +63,13 @@ def _key_for(config: dict) -> str:
 
 
 def resolve_target(name: str | dict | TargetSpec = "cpu") -> TargetSpec:
-    """`cpu`/`llvm` (the host), or a TVM target dict (as a dict or a JSON string)."""
+    """`cpu`/`llvm` (the host), `cuda` (sm_90), or a TVM target dict (as a dict or a JSON string)."""
     if isinstance(name, TargetSpec):
         return name
     if isinstance(name, str) and name in ("cpu", "llvm", "host"):
         return host_cpu_target()
+    if isinstance(name, str) and name == "cuda":
+        return cuda_target()
     if isinstance(name, str):
         try:
             config = json.loads(name)
@@ -66,10 +82,15 @@ def resolve_target(name: str | dict | TargetSpec = "cpu") -> TargetSpec:
         config = dict(name)
     if not isinstance(config, dict) or "kind" not in config:
         raise TargetError(f"target {name!r} must be a dict with a 'kind' key")
-    if config["kind"] != "llvm":
-        raise TargetError(f"target kind {config['kind']!r} is not supported yet; use 'cpu' (llvm)")
-    if "num-cores" not in config:
-        config["num-cores"] = host_cores()
+    if config["kind"] == "llvm":
+        config.setdefault("num-cores", host_cores())
+    elif config["kind"] == "cuda":
+        arch = config.setdefault("arch", DEFAULT_CUDA_ARCH)
+        if not (isinstance(arch, str) and arch.startswith("sm_") and arch[3:].rstrip("af").isdigit()):
+            raise TargetError(f"CUDA arch {arch!r} is not of the form sm_<major><minor>, e.g. sm_90 or sm_80")
+        config.setdefault("host", {"kind": "llvm"})
+    else:
+        raise TargetError(f"target kind {config['kind']!r} is not supported; use 'cpu' (llvm) or 'cuda'")
     try:
         tvm.target.Target(config)
     except Exception as exc:  # TVM raises its own error types for bad attributes

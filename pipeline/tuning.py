@@ -26,6 +26,7 @@ from .errors import TuningError
 from .graphs import GraphSelection
 from .importer import import_onnx
 from .lowering import DEFAULT_LOWERING, kernel_names, lower
+from .passes.default_cpu_schedule import has_final_schedule
 from .target import TargetSpec, resolve_target
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,9 @@ class TuneOptions:
 
 
 def tune(options: TuneOptions) -> TuneResult:
-    """Tune every fused kernel of a graph and merge the records into `schedules/<target-key>/`.
+    """Tune the fused kernels of a graph and merge the records into `schedules/<target-key>/`.
+
+    Kernels with a final schedule of ours for the target (the ConvTranspose GEMM on CPU) are skipped.
 
     Every task gets `trials_per_task` trials (the global budget is that times the task count), so
     no task is starved by cheaper ones; the next build of the same graph and target applies them.
@@ -188,9 +191,14 @@ def tune(options: TuneOptions) -> TuneResult:
     source = options.selection.resolve()
     target = resolve_target(options.target)
     started = time.time()
-    lowered = lower(import_onnx(source.model).mod, target, options.lowering)
+    lowered = lower(import_onnx(source.model).mod, target, options.lowering).main
     tvm_target = target.tvm_target()
-    extracted = ms.relax_integration.extract_tasks(lowered, tvm_target)
+    extracted = []
+    for task in ms.relax_integration.extract_tasks(lowered, tvm_target):
+        if target.kind == "llvm" and has_final_schedule(task.dispatched[0]["main"]):
+            log.info("%s keeps our CPU schedule; MetaSchedule does not tune it", task.task_name)
+        else:
+            extracted.append(task)
     store = ScheduleStore(target, options.schedules)
     staging_dir = Path(tempfile.mkdtemp(prefix="pipeline-tune-"))
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(

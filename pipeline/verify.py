@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .artifact import SOURCE_ONNX, OutputCheck, Verification
+from .artifact import SOURCE_ONNX, OutputCheck, Verification, write_manifest
 from .importer import TensorSpec
 from .runtime import Model, load
 
@@ -77,13 +78,20 @@ def check_model(model: Model, seed: int = DEFAULT_INPUT_SEED, tolerance: Toleran
 
 
 def verify_artifact(path: Path | str, tolerance: Tolerance | None = None) -> Verification:
-    """Re-run the onnxruntime check on a saved artifact, with the seed and tolerances it was built with."""
+    """Re-run the onnxruntime check on a saved artifact, with the seed and tolerances it was built with.
+
+    A GPU artifact built where that GPU was absent has no verification yet: the first one, run
+    here on the GPU, is written into its manifest (pass or fail), so `load` then accepts or refuses it."""
     model = load(path, allow_unverified=True)
-    recorded = model.manifest.verification
+    manifest = model.manifest
+    recorded = manifest.verification
     seed = recorded.input_seed if recorded else DEFAULT_INPUT_SEED
     if tolerance is None:
         tolerance = Tolerance(recorded.rtol, recorded.atol) if recorded else Tolerance()
-    return check_model(model, seed, tolerance)
+    verification = check_model(model, seed, tolerance)
+    if recorded is None and manifest.verification_pending:
+        write_manifest(model.path, dataclasses.replace(manifest, verification=verification, verification_pending=None))
+    return verification
 
 
 def format_check(check: OutputCheck, verification: Verification) -> str:

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.artifact import LIBRARY, MANIFEST, PARAMS, SOURCE_ONNX, read_manifest, sha256_file
+from pipeline.artifact import MANIFEST, PARAMS, SOURCE_ONNX, read_manifest, sha256_file
 from pipeline.build import build
 from pipeline.errors import UnverifiedArtifactError, VerificationError
 from pipeline.graphs import list_graphs, load_config
@@ -28,7 +28,8 @@ def test_tvm_build_agrees_with_onnxruntime(tiny_builds, name):
 def test_manifest_records_files_versions_and_target(tiny_builds):
     result = tiny_builds["block2"]
     manifest = json.loads((result.artifact / MANIFEST).read_text())
-    assert set(manifest["files"]) == {LIBRARY, PARAMS, SOURCE_ONNX}
+    assert set(manifest["files"]) == {manifest["library"], PARAMS, SOURCE_ONNX}
+    assert manifest["library"] == f"model-{manifest['files'][manifest['library']][:16]}.so"
     for name, digest in manifest["files"].items():
         assert sha256_file(result.artifact / name) == digest
     assert manifest["graph"]["onnx_sha256"] == manifest["files"][SOURCE_ONNX]
@@ -44,7 +45,7 @@ def test_manifest_records_files_versions_and_target(tiny_builds):
 
 def test_mismatch_fails_the_build_and_keeps_the_good_artifact(tmp_path, empty_schedules):
     good = build(tiny_build_options(tmp_path, empty_schedules, "block2"))
-    good_library = sha256_file(good.artifact / LIBRARY)
+    good_library = sha256_file(good.artifact / good.manifest.library)
     # TVM's sin and onnxruntime's differ in the last bits, so a zero tolerance cannot be met (a
     # plain ConvTranspose can match bit for bit): this drives the real failure path.
     with pytest.raises(VerificationError, match="disagrees with onnxruntime"):
@@ -53,6 +54,6 @@ def test_mismatch_fails_the_build_and_keeps_the_good_artifact(tmp_path, empty_sc
     assert read_manifest(failed).verification.passed is False
     with pytest.raises(UnverifiedArtifactError, match="failed verification"):
         load(failed)
-    assert sha256_file(good.artifact / LIBRARY) == good_library
+    assert sha256_file(good.artifact / good.manifest.library) == good_library
     model = load(good.artifact)
     assert model(np.zeros(model.inputs[0].shape, np.float32)).shape == model.outputs[0].shape

@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from pipeline.artifact import MANIFEST, PARAMS
+from pipeline.artifact import MANIFEST, PARAMS, read_manifest
 from pipeline.errors import ArtifactError, ArtifactIntegrityError, ArtifactVersionError, InputError
 from pipeline.runtime import load
 from pipeline.verify import onnxruntime_outputs
@@ -56,7 +56,7 @@ def test_tampered_file_is_refused(artifact):
 
 
 def test_missing_file_is_refused(artifact):
-    (artifact / "model.so").unlink()
+    (artifact / read_manifest(artifact).library).unlink()
     with pytest.raises(ArtifactIntegrityError, match="missing"):
         load(artifact)
 

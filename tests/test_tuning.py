@@ -1,6 +1,7 @@
 import math
 
 import pytest
+from tvm.s_tir import meta_schedule as ms
 
 from pipeline.build import build
 from pipeline.graphs import GraphSelection
@@ -11,7 +12,7 @@ from pipeline.errors import TuningError
 from .conftest import TINY_FRAMES, tiny_build_options
 
 
-def test_two_trial_tune_writes_records_that_the_next_build_applies(tmp_path):
+def test_two_trial_tune_writes_records_that_the_next_build_applies(tmp_path, monkeypatch):
     schedules = tmp_path / "schedules"
     selection = GraphSelection(graph="convt5", config="tiny", latent_frames=TINY_FRAMES)
     first = tune(TuneOptions(selection=selection, trials_per_task=2, schedules=schedules))
@@ -22,12 +23,25 @@ def test_two_trial_tune_writes_records_that_the_next_build_applies(tmp_path):
     result = build(tiny_build_options(tmp_path / "art", schedules, "convt5"))
     assert result.passed
     measured = sorted(task.name for task in first.tasks if math.isfinite(task.best_ms))
-    assert "convt_gemm" in measured
+    assert measured == ["fused_convt_col2im_add"]  # the GEMM keeps our schedule, not tuned
     assert result.manifest.tuning.tuned == measured
     assert result.manifest.tuning.records_sha256 == store.sha256()
 
     second = tune(TuneOptions(selection=selection, trials_per_task=1, schedules=schedules))
     assert second.records_total == first.records_total + second.records_added
+
+    # Ctrl-C after some trials were measured: they are merged, the earlier ones kept, the store valid.
+    real_tune_tasks = ms.tune.tune_tasks
+
+    def interrupted_after_measuring(**kwargs):
+        real_tune_tasks(**kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ms.tune, "tune_tasks", interrupted_after_measuring)
+    third = tune(TuneOptions(selection=selection, trials_per_task=1, schedules=schedules))
+    assert third.interrupted and third.records_added > 0
+    assert third.records_total == second.records_total + third.records_added == store.record_count()
+    assert build(tiny_build_options(tmp_path / "art3", schedules, "convt5")).manifest.tuning.tuned == measured
 
 
 def test_corrupt_records_are_a_clear_error(tmp_path):

@@ -8,9 +8,12 @@ import logging
 import sys
 
 from ..errors import PipelineError
-from . import bench, build, graphs, run, tune, verify
+from . import bench, build, conformance, graphs, run, tune, verify
 
-VERBS = {"graphs": graphs, "build": build, "tune": tune, "verify": verify, "run": run, "bench": bench}
+VERBS = {
+    "graphs": graphs, "build": build, "tune": tune, "verify": verify, "run": run, "bench": bench,
+    "conformance": conformance,
+}
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import TargetError
 from ..lowering import DEFAULT_LOWERING, LOWERINGS
 from ..graphs import DEFAULT_CONFIG, DEFAULT_LATENT_FRAMES, DEFAULT_SEED, GraphSelection
+from ..target import DEFAULT_CUDA_ARCH
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -24,12 +26,23 @@ def add_graph_arguments(parser: argparse.ArgumentParser, required: bool) -> None
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target", default="cpu",
-        help="'cpu' (this machine, detected) or a TVM target dict as JSON (default cpu)",
+        help="'cpu' (this machine, detected), 'cuda', or a TVM target dict as JSON (default cpu)",
+    )
+    parser.add_argument(
+        "--arch", help=f"GPU architecture of --target cuda (default {DEFAULT_CUDA_ARCH}: H100/H200)",
     )
     parser.add_argument(
         "--lowering", choices=LOWERINGS, default=DEFAULT_LOWERING,
         help="ConvTranspose lowering: zero-waste GEMM + col2im (default) or TVM's stock zero-dilated conv",
     )
+
+
+def target_choice(args: argparse.Namespace) -> str | dict:
+    if args.arch is None:
+        return args.target
+    if args.target != "cuda":
+        raise TargetError(f"--arch applies to --target cuda, not to {args.target!r}")
+    return {"kind": "cuda", "arch": args.arch}
 
 
 def graph_selection(args: argparse.Namespace) -> GraphSelection:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..tuning import SCHEDULES_DIR, TuneOptions, tune
-from .options import add_graph_arguments, add_target_arguments, graph_selection
+from .options import add_graph_arguments, add_target_arguments, graph_selection, target_choice
 
 HELP = "tune a graph's kernels with MetaSchedule and merge the records into schedules/<target-key>/"
 
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = tune(
         TuneOptions(
-            selection=graph_selection(args), target=args.target, lowering=args.lowering, trials_per_task=args.trials,
+            selection=graph_selection(args), target=target_choice(args), lowering=args.lowering, trials_per_task=args.trials,
             cost_model=args.cost_model, schedules=args.schedules,
         )
     )

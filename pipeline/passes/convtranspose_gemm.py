@@ -3,15 +3,18 @@
 TVM's own legalization dilates the input with stride-1 zeros and runs a dense convolution, so it
 multiplies by zero (stride-1)/stride of the time. Here the multiply-adds are exactly the useful ones:
 
-    cols[n, co, k..., i...] = sum_ci  w[ci, co, k...] * x[n, ci, i...]          (GEMM, 2*Cin*Cout/g*K*L FLOPs)
-    y[n, co, o...]          = sum_k   cols[n, co, k..., (o + pad_begin - k*dilation) / stride]
+    cols[n, (co, k...), (i...)] = sum_ci  w[ci, co, k...] * x[n, ci, i...]      (GEMM, 2*Cin*Cout/g*K*L FLOPs)
+    y[n, co, o...]              = sum_k   cols[n, (co, k...), ((o + pad_begin - k*dilation) / stride)]
                                         where that division is exact and in range    (col2im, memory bound)
 
 With dilation 1 the col2im visits only the ceil(K/stride) taps that can land on each output.
 
-The GEMM reads the weight in ONNX's (Cin, Cout/g, K...) layout, so no weight copy happens per call.
-Both are TE computes: MetaSchedule tunes the GEMM like any matmul, and FuseOps folds the bias add
-that follows into the col2im kernel. Calls this cannot handle keep TVM's lowering, and the log says why.
+The GEMM reads the weight packed as (groups, Mg/tile, Cin/g, tile), Mg = Cout/g * prod(K): one
+micro-kernel's `tile` output rows are then one contiguous stream per input channel, where ONNX's
+(Cin, Cout/g, K...) layout would touch a new page for every channel. The packing is a Relax
+expression of the weight alone, so `LiftTransformParams` moves it out of `main` and the build runs
+it once, shipping packed weights. Both stages are TE computes; FuseOps folds the bias add that
+follows into the col2im kernel. Calls this cannot handle keep TVM's lowering, and the log says why.
 """
 
 from __future__ import annotations
@@ -59,35 +62,64 @@ def _unsupported_reason(call) -> str | None:
     return None
 
 
-def _gemm(x: te.Tensor, w: te.Tensor, groups: int) -> te.Tensor:
-    batch, cin = x.shape[0], int(x.shape[1])
-    cout_per_group, *kernel = (int(d) for d in w.shape[1:])
-    rank = len(kernel)
-    spatial = list(x.shape[2:])
-    cin_per_group = cin // groups
+# Rows of one register-blocked micro-kernel; the CPU schedule reads it back from the packed shape.
+ROW_TILE = 8
+
+
+def row_tile(rows_per_group: int) -> int:
+    """The largest power of two up to ROW_TILE that divides the rows, so tiles never straddle groups."""
+    tile = ROW_TILE
+    while rows_per_group % tile:
+        tile //= 2
+    return tile
+
+
+def _pack_weight(w: relax.Expr, groups: int, tile: int) -> relax.Expr:
+    """(Cin, Cout/g, K...) -> (g, Mg/tile, Cin/g, tile), Mg = Cout/g * prod(K)."""
+    cin, cout_per_group, *kernel = _static_shape(w)
+    rows = cout_per_group * _product(kernel)
+    blocked = relax.op.reshape(w, [groups, cin // groups, rows // tile, tile])
+    return relax.op.permute_dims(blocked, [0, 2, 1, 3])
+
+
+def _product(values) -> int:
+    result = 1
+    for v in values:
+        result *= v
+    return result
+
+
+def _flat(index, sizes) -> tirx.PrimExpr:
+    flat = index[0]
+    for i, size in zip(index[1:], sizes[1:]):
+        flat = flat * size + i
+    return flat
+
+
+def _gemm(x: te.Tensor, packed: te.Tensor) -> te.Tensor:
+    """cols[n, g*Mg + row, p] = sum_ci x[n, g*Cin/g + ci, p] * w[row of group g, ci]: input and
+    columns flattened over positions, rows (output channel, taps...) of a group contiguous."""
+    batch, _, positions = x.shape
+    groups, row_tiles, cin_per_group, tile = (int(d) for d in packed.shape)
+    rows_per_group = row_tiles * tile
     ci = te.reduce_axis((0, cin_per_group), name="ci")
 
-    def product(n, co, *taps_and_positions):
-        taps, positions = taps_and_positions[:rank], taps_and_positions[rank:]
-        channel = (co // cout_per_group) * cin_per_group + ci if groups > 1 else ci
-        return te.sum(
-            x[(n, channel, *positions)] * w[(channel, co % cout_per_group if groups > 1 else co, *taps)],
-            axis=ci,
-        )
+    def product(n, row, p):
+        group, local = row // rows_per_group, row % rows_per_group
+        return te.sum(x[n, group * cin_per_group + ci, p] * packed[group, local // tile, ci, local % tile], axis=ci)
 
-    shape = (batch, cout_per_group * groups, *kernel, *spatial)
-    return te.compute(shape, product, name="convt_gemm")
+    return te.compute((batch, groups * rows_per_group, positions), product, name="convt_gemm")
 
 
-def _col2im(cols: te.Tensor, rank: int, strides, dilations, pads_begin, out_size) -> te.Tensor:
+def _col2im(cols: te.Tensor, kernel, in_size, strides, dilations, pads_begin, out_size) -> te.Tensor:
     """Sum, for every output position, the GEMM columns that land on it.
 
     With dilation 1, output t = o + pad_begin = q*stride + r only receives taps k = r + m*stride
     from input q - m, so the sum runs over ceil(K/stride) taps (polyphase) instead of all K with
     a divisibility test; dilated dims fall back to testing every tap."""
-    batch, cout = cols.shape[0], cols.shape[1]
-    kernel = [int(d) for d in cols.shape[2:2 + rank]]
-    in_size = [int(d) for d in cols.shape[2 + rank:]]
+    rank = len(kernel)
+    batch = cols.shape[0]
+    cout = int(cols.shape[1]) // _product(kernel)
     polyphase = [dilations[d] == 1 for d in range(rank)]
     taps = [
         te.reduce_axis((0, -(-kernel[d] // strides[d]) if polyphase[d] else kernel[d]), name=f"m{d}")
@@ -109,7 +141,7 @@ def _col2im(cols: te.Tensor, rank: int, strides, dilations, pads_begin, out_size
                 valid += [shifted >= 0, tirx.floormod(shifted, strides[d]) == 0, position < in_size[d]]
             tap_index.append(tap)
             positions.append(position)
-        value = cols[(n, co, *tap_index, *positions)]
+        value = cols[n, co * _product(kernel) + _flat(tap_index, kernel), _flat(positions, in_size)]
         return te.sum(tirx.if_then_else(tirx.all(*valid), value, tirx.const(0, cols.dtype)), axis=taps)
 
     return te.compute((batch, cout, *out_size), gather, name="convt_col2im")
@@ -145,14 +177,22 @@ class _Rewriter(relax.PyExprMutator):
             for d in range(rank)
         ]
         groups = int(attrs.groups)
-        cols = self.builder_.emit(
-            self.builder_.call_te(_gemm, call.args[0], call.args[1], groups, primfunc_name_hint="convt_gemm")
+        cout_per_group = w_shape[1]
+        weight = call.args[1]
+        packed = self.builder_.emit(
+            _pack_weight(weight, groups, row_tile(cout_per_group * _product(kernel))),
+            name_hint=f"{weight.name}.packed" if isinstance(weight, relax.Var) else "packed_weight",
         )
+        flat_x = call.args[0] if rank == 1 else self.builder_.emit(
+            relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], _product(x_shape[2:])])
+        )
+        cols = self.builder_.emit(self.builder_.call_te(_gemm, flat_x, packed, primfunc_name_hint="convt_gemm"))
         self.rewritten.append(
             f"{call.op.name} {x_shape}x{w_shape} s{strides} d{dilations} p{padding} op{output_padding} g{groups}"
         )
         return self.builder_.call_te(
-            _col2im, cols, rank, strides, dilations, pads_begin, out_size, primfunc_name_hint="convt_col2im"
+            _col2im, cols, kernel, x_shape[2:], strides, dilations, pads_begin, out_size,
+            primfunc_name_hint="convt_col2im",
         )
 
 

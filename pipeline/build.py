@@ -39,7 +39,7 @@ from .errors import BuildError, VerificationError
 from .graphs import GraphSelection
 from .importer import TensorSpec, import_onnx
 from .lowering import DEFAULT_LOWERING, ENTRY, WEIGHT_PREPARATION, lower
-from .passes.default_cpu_schedule import DefaultConvTransposeCPUSchedule
+from .passes.default_cpu_schedule import DefaultCPUSchedule
 from .runtime import Timing
 from .target import TargetSpec, resolve_target
 from .tuning import SCHEDULES_DIR, ScheduleStore
@@ -140,7 +140,7 @@ def compile_module(
     lowered = lower(mod, target, lowering)
     scheduled, applied = store.apply(lowered.main)
     if target.kind == "llvm":
-        scheduled = DefaultConvTransposeCPUSchedule()(scheduled)
+        scheduled = DefaultCPUSchedule()(scheduled)
     else:
         with target.tvm_target():
             scheduled = _default_gpu_schedules()(scheduled)

@@ -14,6 +14,7 @@ import tvm
 from tvm import relax
 
 from .errors import BuildError
+from .passes.conv_gemm import ConvToGemm
 from .passes.convtranspose_gemm import ConvTransposeToGemm
 from .target import TargetSpec
 
@@ -35,6 +36,7 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
             [ConvTransposeToGemm()] if convtranspose == "zero-waste" else [],
             name="convtranspose",
         ),
+        tvm.transform.Sequential([ConvToGemm()], name="conv"),
         tvm.transform.Sequential([relax.transform.LiftTransformParams()], name="lift-weight-preparation"),
         tvm.transform.Sequential(
             [

@@ -33,7 +33,7 @@ _LAYOUTS = {
 }
 
 
-def _static_shape(expr) -> list[int] | None:
+def static_shape(expr) -> list[int] | None:
     shape = getattr(expr.ty, "shape", None)
     if shape is None:
         return None
@@ -52,7 +52,7 @@ def _unsupported_reason(call) -> str | None:
         return f"layout {attrs.data_layout}/{attrs.kernel_layout} (handled: {data_layout}/{kernel_layout})"
     if attrs.out_layout not in ("", data_layout):
         return f"out_layout {attrs.out_layout}"
-    if _static_shape(call.args[0]) is None or _static_shape(call.args[1]) is None:
+    if static_shape(call.args[0]) is None or static_shape(call.args[1]) is None:
         return "symbolic shapes"
     dtypes = {str(call.args[0].ty.dtype), str(call.args[1].ty.dtype)}
     if len(dtypes) != 1 or not dtypes <= {"float32", "float16", "float64"}:
@@ -76,7 +76,7 @@ def row_tile(rows_per_group: int) -> int:
 
 def _pack_weight(w: relax.Expr, groups: int, tile: int) -> relax.Expr:
     """(Cin, Cout/g, K...) -> (g, Mg/tile, Cin/g, tile), Mg = Cout/g * prod(K)."""
-    cin, cout_per_group, *kernel = _static_shape(w)
+    cin, cout_per_group, *kernel = static_shape(w)
     rows = cout_per_group * _product(kernel)
     blocked = relax.op.reshape(w, [groups, cin // groups, rows // tile, tile])
     return relax.op.permute_dims(blocked, [0, 2, 1, 3])
@@ -163,7 +163,7 @@ class _Rewriter(relax.PyExprMutator):
             self.kept.append(f"{call.op.name}: {reason}")
             return call
         attrs = call.attrs
-        x_shape, w_shape = _static_shape(call.args[0]), _static_shape(call.args[1])
+        x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
         rank = len(x_shape) - 2
         strides = [int(s) for s in attrs.strides]
         dilations = [int(d) for d in attrs.dilation]

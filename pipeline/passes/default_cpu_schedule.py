@@ -1,14 +1,14 @@
-"""Our CPU schedule for the ConvTranspose kernels where no tuning record applies.
+"""Our CPU schedules for kernels where no tuning record applies: the GEMMs, col2im, elementwise.
 
 The GEMM gets a register-blocked micro-kernel: an accumulator tile of ROW_TILE output rows x
 COLUMN_VECTORS vectors of positions stays in registers for the whole input-channel loop, and each
 channel step is ROW_TILE broadcasts from the packed weight (contiguous, see convtranspose_gemm)
 times COLUMN_VECTORS vector loads of the input. The outermost, parallel loop is:
 - rows, where the whole input fits in L2 and the weight is larger (the first Oobleck layer): the
-  weight streams from memory once and the input is re-read from cache;
-- position panels otherwise; each panel of the input is first copied to a contiguous buffer,
-  because input rows a power-of-two apart collide in the same cache sets, and the weight is
-  re-read per panel.
+  input is first copied once into contiguous column panels, the weight streams from memory once;
+- position panels otherwise, inside blocks of rows whose weight fits in L2; each panel of the
+  input is first copied to a contiguous buffer, because input rows a power-of-two apart collide
+  in the same cache sets (without the copy convt5's GEMM ran at 19 GFLOP/s, with it 76-88).
 MetaSchedule records, where present, replace it: kernels marked `tirx.is_scheduled` are left alone.
 """
 
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import tvm
 from tvm import s_tir, tirx
+from tvm.s_tir.schedule import ScheduleError
 
 VECTOR_LANES = 16
 COLUMN_VECTORS = 2
-L2_BYTES = 1 << 20
+# Half of the 2 MiB per-core L2 of the machines we measured on; the rest holds an input panel
+# and what streams through. 0.5 MiB measured slower on convt3/convt4, 2 MiB no better.
+L2_BUDGET_BYTES = 1 << 20
 
 
 def _parallel_rows(sch: s_tir.Schedule, block) -> list:
@@ -33,15 +36,25 @@ def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
 
 
+def _element_bytes(region) -> int:
+    return tvm.DataType(region.source.dtype).bits // 8
+
+
 def _bytes(region) -> int:
     count = 1
     for dim in region.source.shape:
         count *= int(dim)
-    return count * tvm.DataType(region.source.dtype).bits // 8
+    return count * _element_bytes(region)
 
 
-def _schedule_gemm(sch: s_tir.Schedule) -> None:
-    block = sch.get_sblock("convt_gemm")
+def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
+    """Also for conv_gemm, whose kernel holds a zero-padding stage before the GEMM (inlined into
+    the panel copy) and the fused elementwise ops after it (bias, Snake, residual add), which are
+    inlined into one stage computed per tile, while the tile is in cache."""
+    root_blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    epilogue = root_blocks[root_blocks.index(name) + 1:]
+    block = sch.get_sblock(name)
+    padding = sch.get_producers(block)
     data, packed_weight = sch.get(block).reads
     row_tile = int(packed_weight.source.shape[-1])
     # One loop each for rows and positions (the GEMM is written flat): fusing loops here would
@@ -50,18 +63,20 @@ def _schedule_gemm(sch: s_tir.Schedule) -> None:
     columns = VECTOR_LANES * (COLUMN_VECTORS if _extent(sch, positions) >= VECTOR_LANES * COLUMN_VECTORS else 1)
     row_tiles, row = sch.split(rows, factors=[None, row_tile])
     panels, column = sch.split(positions, factors=[None, columns])
-    rows_outside = L2_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
+    rows_outside = not padding and L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     if rows_outside:
         outer, inner = row_tiles, panels
         sch.reorder(batch, outer, inner, reduction, row, column)
     else:
         channels = int(packed_weight.source.shape[2])
-        tiles_per_block = max(1, L2_BYTES // 2 // (channels * row_tile * 4))
+        tiles_per_block = max(1, L2_BUDGET_BYTES // (channels * row_tile * _element_bytes(packed_weight)))
         row_blocks, row_tiles = sch.split(row_tiles, factors=[None, tiles_per_block])
         outer, inner = panels, row_tiles
         sch.reorder(row_blocks, batch, outer, inner, reduction, row, column)
     sch.parallel(sch.fuse(batch, outer))
     panel = sch.cache_read(block, 0, "global")
+    for stage in padding:
+        sch.compute_inline(stage)
     if not rows_outside:
         sch.compute_at(panel, sch.get_loops(block)[1])
     elif _extent(sch, positions_loop := sch.get_loops(panel)[-1]) % columns == 0:
@@ -74,12 +89,18 @@ def _schedule_gemm(sch: s_tir.Schedule) -> None:
         sch.parallel(sch.fuse(n, panel_index))
     accumulator = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(accumulator, inner)
+    for stage in epilogue[:-1]:
+        sch.compute_inline(sch.get_sblock(stage))
+    copies = [panel, accumulator]
+    if epilogue:
+        copies.append(sch.get_sblock(epilogue[-1]))
+        sch.reverse_compute_at(copies[-1], inner)
     vectors, lanes = sch.split(column, factors=[None, VECTOR_LANES])
     sch.unroll(row)
     sch.unroll(vectors)
     sch.vectorize(lanes)
     sch.decompose_reduction(block, reduction)
-    for copy in [panel, accumulator]:
+    for copy in copies:
         innermost = sch.get_loops(copy)[-1]
         # Unit loops vanish under compute_at, so the innermost loop can be one shared with others.
         own_loop = len(sch.get_child_blocks(innermost)) == 1
@@ -104,10 +125,14 @@ def _schedule_col2im(sch: s_tir.Schedule) -> None:
         sch.unroll(tap)
 
 
-_SCHEDULES = {"convt_gemm": _schedule_gemm, "convt_col2im": _schedule_col2im}
+_SCHEDULES = {
+    "convt_gemm": lambda sch: _schedule_gemm(sch, "convt_gemm"),
+    "conv_gemm": lambda sch: _schedule_gemm(sch, "conv_gemm"),
+    "convt_col2im": _schedule_col2im,
+}
 # Kernels whose schedule here beats what MetaSchedule finds in a budget this machine can afford
 # (measured: 73-87 GFLOP/s against 18-46 after 32 trials per kernel), so tuning leaves them alone.
-FINAL_SCHEDULES = ("convt_gemm",)
+FINAL_SCHEDULES = ("convt_gemm", "conv_gemm")
 
 
 def has_final_schedule(func: tirx.PrimFunc) -> bool:
@@ -118,23 +143,62 @@ def has_final_schedule(func: tirx.PrimFunc) -> bool:
 def _has_block(sch: s_tir.Schedule, name: str) -> bool:
     try:
         sch.get_sblock(name)
-    except Exception:  # ScheduleError: no block of that name in this kernel
+    except ScheduleError:  # no block of that name in this kernel
         return False
     return True
 
 
-@tvm.transform.module_pass(opt_level=0, name="DefaultConvTransposeCPUSchedule")
-class DefaultConvTransposeCPUSchedule:
+def _schedule_elementwise(sch: s_tir.Schedule) -> None:
+    """Kernels without a reduction (the fused Snake activations, reshapes): everything inlined into
+    the last stage, whose flattened loop runs vectorized and in parallel. Raises ScheduleError where
+    a stage cannot be inlined; the kernel then stays as TVM wrote it."""
+    *stages, output = sch.get_child_blocks(sch.get_sblock("root"))
+    for stage in stages:
+        sch.compute_inline(stage)
+    flat = sch.fuse(*sch.get_loops(output))
+    if _extent(sch, flat) % VECTOR_LANES == 0:
+        chunks, lanes = sch.split(flat, factors=[None, VECTOR_LANES])
+        sch.vectorize(lanes)
+        flat = chunks
+    sch.parallel(flat)
+
+
+def _is_elementwise(sch: s_tir.Schedule) -> bool:
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    return bool(blocks) and all(
+        iv.iter_type == tirx.IterVar.DataPar for block in blocks for iv in sch.get(block).iter_vars
+    )
+
+
+def _schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+    """`func` with our schedule, or None where we have none for it."""
+    sch = s_tir.Schedule(func)
+    for name, schedule in _SCHEDULES.items():
+        if _has_block(sch, name):
+            schedule(sch)
+            return sch.mod["main"]
+    if not _is_elementwise(sch):
+        return None
+    try:
+        _schedule_elementwise(sch)
+    except ScheduleError:
+        return None
+    return sch.mod["main"]
+
+
+@tvm.transform.module_pass(opt_level=0, name="DefaultCPUSchedule")
+class DefaultCPUSchedule:
+    """Schedule every kernel without a tuning record that we know how to: the GEMMs, col2im and
+    elementwise kernels. Others (if any) are left to TVM's default lowering."""
+
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updated = {}
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
-            sch = s_tir.Schedule(func)
-            for name, schedule in _SCHEDULES.items():
-                if _has_block(sch, name):
-                    schedule(sch)
-                    updated[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            scheduled = _schedule(func)
+            if scheduled is not None:
+                updated[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         for gv, func in updated.items():
             mod[gv] = func
         return mod

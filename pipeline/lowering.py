@@ -16,6 +16,7 @@ from tvm import relax
 from .errors import BuildError
 from .passes.conv_gemm import ConvToGemm
 from .passes.convtranspose_gemm import ConvTransposeToGemm
+from .passes.polynomial_sine import PolynomialSine
 from .target import TargetSpec
 
 # "zero-waste": our GEMM + col2im rewrite; "stock": TVM's zero-dilated dense convolution.
@@ -37,6 +38,7 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
             name="convtranspose",
         ),
         tvm.transform.Sequential([ConvToGemm()], name="conv"),
+        tvm.transform.Sequential([PolynomialSine()], name="elementwise"),
         tvm.transform.Sequential([relax.transform.LiftTransformParams()], name="lift-weight-preparation"),
         tvm.transform.Sequential(
             [

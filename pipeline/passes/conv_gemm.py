@@ -4,7 +4,8 @@ on the Oobleck blocks, measured).
 
     y[n, co, t] = sum_{ci, k} x_padded[n, ci, t*stride + k*dilation] * w[co, ci, k]
 
-The reduction runs over r = (ci, k) flattened; the weight is packed as (1, Cout/tile, Cin*K, tile)
+The reduction runs over (ci, k) as two loops (one flattened index cost a division per step and
+halved the speed); the weight is packed as (1, Cout/tile, Cin*K, tile)
 by a Relax expression of the weight alone, which `LiftTransformParams` moves to build time like the
 ConvTranspose packing. The zero padding is a TE stage of the same kernel, which the CPU schedule
 inlines into its copy of each input panel. Grouped, non-NCW or symbolic convolutions keep TVM's
@@ -57,12 +58,13 @@ def _conv_gemm(x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilati
         ),
         name="conv_pad",
     )
-    r = te.reduce_axis((0, reduction), name="r")
+    ci = te.reduce_axis((0, reduction // kernel), name="ci")
+    k = te.reduce_axis((0, kernel), name="k")
     cout = int(packed.shape[1]) * tile
     return te.compute(
         (batch, cout, out_len),
         lambda n, co, t: te.sum(
-            padded[n, r // kernel, t * stride + (r % kernel) * dilation] * packed[0, co // tile, r, co % tile], axis=r
+            padded[n, ci, t * stride + k * dilation] * packed[0, co // tile, ci * kernel + k, co % tile], axis=[ci, k]
         ),
         name="conv_gemm",
     )

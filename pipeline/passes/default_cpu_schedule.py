@@ -23,6 +23,9 @@ COLUMN_VECTORS = 2
 # Half of the 2 MiB per-core L2 of the machines we measured on; the rest holds an input panel
 # and what streams through. 0.5 MiB measured slower on convt3/convt4, 2 MiB no better.
 L2_BUDGET_BYTES = 1 << 20
+# Every row block copies the input panels again: below 32 row tiles (256 rows) the copies cost
+# more than the weight's cache misses (a 1024-channel k7 Conv1d with 4 tiles ran at 55 GFLOP/s).
+MIN_TILES_PER_BLOCK = 32
 
 
 def _parallel_rows(sch: s_tir.Schedule, block) -> list:
@@ -59,20 +62,22 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
     row_tile = int(packed_weight.source.shape[-1])
     # One loop each for rows and positions (the GEMM is written flat): fusing loops here would
     # make the accumulator's write-back region a bounding box that overwrites other tiles.
-    batch, rows, positions, reduction = sch.get_loops(block)
+    batch, rows, positions, *reduction = sch.get_loops(block)
     columns = VECTOR_LANES * (COLUMN_VECTORS if _extent(sch, positions) >= VECTOR_LANES * COLUMN_VECTORS else 1)
     row_tiles, row = sch.split(rows, factors=[None, row_tile])
     panels, column = sch.split(positions, factors=[None, columns])
     rows_outside = not padding and L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     if rows_outside:
         outer, inner = row_tiles, panels
-        sch.reorder(batch, outer, inner, reduction, row, column)
+        sch.reorder(batch, outer, inner, *reduction, row, column)
     else:
         channels = int(packed_weight.source.shape[2])
-        tiles_per_block = max(1, L2_BUDGET_BYTES // (channels * row_tile * _element_bytes(packed_weight)))
+        tiles_per_block = max(
+            MIN_TILES_PER_BLOCK, L2_BUDGET_BYTES // (channels * row_tile * _element_bytes(packed_weight))
+        )
         row_blocks, row_tiles = sch.split(row_tiles, factors=[None, tiles_per_block])
         outer, inner = panels, row_tiles
-        sch.reorder(row_blocks, batch, outer, inner, reduction, row, column)
+        sch.reorder(row_blocks, batch, outer, inner, *reduction, row, column)
     sch.parallel(sch.fuse(batch, outer))
     panel = sch.cache_read(block, 0, "global")
     for stage in padding:
@@ -99,7 +104,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
     sch.unroll(row)
     sch.unroll(vectors)
     sch.vectorize(lanes)
-    sch.decompose_reduction(block, reduction)
+    sch.decompose_reduction(block, reduction[0])
     for copy in copies:
         innermost = sch.get_loops(copy)[-1]
         # Unit loops vanish under compute_at, so the innermost loop can be one shared with others.

@@ -19,7 +19,8 @@ import logging
 import tvm
 from tvm import relax, te, tirx
 
-from .convtranspose_gemm import row_tile, static_shape
+from .convtranspose_gemm import row_tile
+from .relax_rewrite import rewrite_functions, static_shape, unsupported_operands
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,7 @@ def _unsupported_reason(call) -> str | None:
         return f"layout {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout} (handled: NCW/OIW)"
     if int(attrs.groups) != 1:
         return f"groups={int(attrs.groups)}"
-    if static_shape(call.args[0]) is None or static_shape(call.args[1]) is None:
-        return "symbolic shapes"
-    dtypes = {str(call.args[0].ty.dtype), str(call.args[1].ty.dtype)}
-    if len(dtypes) != 1 or not dtypes <= {"float32", "float16", "float64"}:
-        return f"dtypes {sorted(dtypes)}"
-    if attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", *dtypes):
-        return f"out_dtype {attrs.out_dtype}"
-    return None
+    return unsupported_operands(call)
 
 
 def _pack_weight(w: relax.Expr, tile: int) -> relax.Expr:
@@ -108,10 +102,8 @@ class ConvToGemm:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
-        for gv, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        rewritten = rewrite_functions(mod, rewriter)
         log.info("conv1d as GEMM: %d rewritten", len(rewriter.rewritten))
         for line in rewriter.kept:
             log.warning("conv1d as GEMM does not apply (%s); TVM's lowering is kept for it", line)
-        return rewriter.builder_.finalize()
+        return rewritten

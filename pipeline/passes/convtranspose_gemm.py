@@ -24,6 +24,8 @@ import logging
 import tvm
 from tvm import relax, te, tirx
 
+from .relax_rewrite import rewrite_functions, static_shape, unsupported_operands
+
 log = logging.getLogger(__name__)
 
 _LAYOUTS = {
@@ -33,18 +35,6 @@ _LAYOUTS = {
 }
 
 
-def static_shape(expr) -> list[int] | None:
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None:
-        return None
-    dims = []
-    for d in shape.values:
-        if not isinstance(d, tirx.IntImm):
-            return None
-        dims.append(int(d))
-    return dims
-
-
 def _unsupported_reason(call) -> str | None:
     data_layout, kernel_layout = _LAYOUTS[call.op.name]
     attrs = call.attrs
@@ -52,14 +42,7 @@ def _unsupported_reason(call) -> str | None:
         return f"layout {attrs.data_layout}/{attrs.kernel_layout} (handled: {data_layout}/{kernel_layout})"
     if attrs.out_layout not in ("", data_layout):
         return f"out_layout {attrs.out_layout}"
-    if static_shape(call.args[0]) is None or static_shape(call.args[1]) is None:
-        return "symbolic shapes"
-    dtypes = {str(call.args[0].ty.dtype), str(call.args[1].ty.dtype)}
-    if len(dtypes) != 1 or not dtypes <= {"float32", "float16", "float64"}:
-        return f"dtypes {sorted(dtypes)}"
-    if attrs.out_dtype is not None and str(attrs.out_dtype) not in ("", *dtypes):
-        return f"out_dtype {attrs.out_dtype}"
-    return None
+    return unsupported_operands(call)
 
 
 # Rows of one register-blocked micro-kernel; the CPU schedule reads it back from the packed shape.
@@ -202,12 +185,10 @@ class ConvTransposeToGemm:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
-        for gv, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        rewritten = rewrite_functions(mod, rewriter)
         for line in rewriter.rewritten:
             log.info("zero-waste lowering: %s", line)
         for line in rewriter.kept:
             log.warning("zero-waste lowering does not apply to %s; TVM's stock lowering is kept for it", line)
-        return rewriter.builder_.finalize()
+        return rewritten
 

@@ -18,6 +18,8 @@ import math
 import tvm
 from tvm import relax
 
+from .relax_rewrite import rewrite_functions
+
 # pi = PI_HIGH + PI_LOW with PI_HIGH exact in a few bits, so k * PI_HIGH is exact for |k| < 2^12.
 PI_HIGH = 3.140625
 PI_LOW = math.pi - PI_HIGH
@@ -55,8 +57,4 @@ class _Rewriter(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="PolynomialSine")
 class PolynomialSine:
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        for gv, func in mod.functions.items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-        return rewriter.builder_.finalize()
+        return rewrite_functions(mod, _Rewriter(mod))

@@ -5,10 +5,12 @@ Stages, one module each: `graphs` (ONNX generation), `importer` (ONNX -> Relax),
 (onnxruntime comparison), `artifact` (files and manifest) and `runtime` (the loader).
 """
 
-from . import cuda_driver
+from . import cpu_threads, cuda_driver
 
 # Before anything imports TVM: without a loadable libcuda.so.1, TVM silently builds CUDA targets
 # into source-only modules.
 cuda_driver.load_driver_library()
+# Before TVM runs a kernel: it would otherwise use half the cores on x86 (see cpu_threads).
+cpu_threads.configure_tvm_threads()
 
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ from .build import BuildOptions, build
 from .errors import TargetError
 from .graphs import GraphSelection, useful_flops
 from .runtime import Timing, load
+from .cpu_threads import tvm_threads
 from .target import TargetSpec, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
 from .verify import seeded_inputs
@@ -119,6 +120,13 @@ def time_onnxruntime(session: ort.InferenceSession, feeds: dict, repeats: int, m
     return Measurement(statistics.median(per_call), min(per_call), max(per_call))
 
 
+def _same_threads_as(threads: int) -> ort.SessionOptions:
+    """onnxruntime on as many threads as our kernels, so the ratio compares kernels, not thread counts."""
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = threads
+    return session_options
+
+
 def _bench_graph(name: str, options: BenchOptions, target: TargetSpec) -> BenchRow:
     base = BuildOptions(
         selection=GraphSelection(graph=name, config=options.config, latent_frames=options.latent_frames),
@@ -128,7 +136,9 @@ def _bench_graph(name: str, options: BenchOptions, target: TargetSpec) -> BenchR
     model = load(ours.artifact)
     inputs = seeded_inputs(model.inputs)
     onnx_model = ours.artifact / "model.onnx"
-    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(onnx_model), _same_threads_as(model.threads), providers=["CPUExecutionProvider"]
+    )
     feeds = {s.name: x for s, x in zip(model.inputs, inputs)}
     gflop = useful_flops(onnx.load(str(onnx_model))) / 1e9
     stock, note = None, "stock lowering skipped (minutes per call untuned; --with-stock to include)"
@@ -165,7 +175,7 @@ def bench(options: BenchOptions) -> BenchReport:
     report = BenchReport(
         rows, peak,
         machine={"cpu": platform.processor() or platform.machine(), "llvm_cpu": target.config.get("mcpu"),
-                 "cores": host_cores(), "onnxruntime_threads": "default"},
+                 "cores": host_cores(), "threads": tvm_threads()},
         settings={"config": options.config, "latent_frames": options.latent_frames, "target": target.key,
                   "repeats": options.repeats},
     )
@@ -176,7 +186,8 @@ def bench(options: BenchOptions) -> BenchReport:
 def markdown_table(report: BenchReport) -> str:
     lines = [
         f"T = {report.settings['latent_frames']} latent frames, config {report.settings['config']}, target "
-        f"{report.settings['target']}; peak {report.peak_gflops:.0f} GFLOP/s (fp32 matmul, same run).",
+        f"{report.settings['target']}, {report.machine['threads']} threads for ours and for onnxruntime; "
+        f"peak {report.peak_gflops:.0f} GFLOP/s (fp32 matmul, same run).",
         "",
         "| graph | useful GFLOP | ours ms (median [min–max]) | onnxruntime ms | ours / ORT | ours GFLOP/s | % peak | ORT GFLOP/s | stock ms | tuned kernels |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -21,6 +21,7 @@ import tvm
 from tvm import relax
 
 from .artifact import PARAMS, Manifest, check_files, read_manifest
+from .cpu_threads import check_tvm_threads
 from .errors import ArtifactError, ArtifactVersionError, InputError, UnverifiedArtifactError
 from .devices import require_device
 from .importer import TensorSpec
@@ -51,6 +52,8 @@ class Model:
             raise ArtifactError(f"cannot load {path / manifest.library} on {device}: {exc}; rebuild the artifact") from exc
         with np.load(path / PARAMS) as stored:
             self._params = [tvm.runtime.tensor(stored[spec.name], self.device) for spec in manifest.params]
+        # The host threads that run CPU kernels (a GPU artifact runs on the GPU, its host code on one).
+        self.threads = check_tvm_threads() if device == "cpu" else 1
 
     @property
     def inputs(self) -> list[TensorSpec]:

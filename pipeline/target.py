@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import tvm
 from tvm.target import codegen
 
+from .cpu_threads import physical_cores
 from .errors import TargetError
 
 
@@ -34,8 +34,8 @@ class TargetSpec:
 
 
 def host_cores() -> int:
-    # Respect CPU affinity (containers, taskset), which os.cpu_count() ignores.
-    return len(os.sched_getaffinity(0))
+    """Physical cores this process may use: the threads our CPU kernels run on (cpu_threads)."""
+    return physical_cores()
 
 
 def host_cpu_target(num_cores: int | None = None) -> TargetSpec:

@@ -1,0 +1,69 @@
+"""How many threads TVM's CPU kernels run on.
+
+TVM sizes its thread pool once, when the first parallel kernel runs, from TVM_NUM_THREADS (or
+OMP_NUM_THREADS), else from half the logical CPUs on x86, assuming two hyper-threads per core. On
+a machine without SMT (this project's 2-vCPU VM) that is half the cores: our GEMMs ran on one
+thread while onnxruntime used two (convt1's GEMM: 154 GFLOP/s on one thread, 293 on two). So
+before TVM starts its pool we size it from the physical cores this process may run on, unless
+the user has chosen a count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# TVM reads the first of these that is set.
+THREAD_COUNT_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def allowed_cpus() -> set[int]:
+    """The logical CPUs this process may run on (CPU affinity: containers, taskset)."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def physical_cores() -> int:
+    """Physical cores among the allowed CPUs: hyper-threads of one core count once."""
+    cpus = allowed_cpus()
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:  # no sysfs topology (not Linux, or a restricted container)
+            return len(cpus)
+    return len(cores)
+
+
+def configure_tvm_threads() -> None:
+    """Ask TVM for one thread per physical core, unless TVM_NUM_THREADS/OMP_NUM_THREADS is set.
+    Takes effect only if TVM has not run a parallel kernel in this process yet."""
+    if not any(os.environ.get(name) for name in THREAD_COUNT_VARIABLES):
+        os.environ["TVM_NUM_THREADS"] = str(physical_cores())
+
+
+def tvm_threads() -> int:
+    """The threads TVM's pool runs CPU kernels on (creates the pool if it does not exist yet)."""
+    import tvm
+
+    return int(tvm.runtime.num_threads())
+
+
+def check_tvm_threads() -> int:
+    """TVM's thread count; warns where it is below the count asked for, which happens when TVM
+    started its thread pool before `pipeline` was imported."""
+    threads = tvm_threads()
+    requested = next((os.environ[name] for name in THREAD_COUNT_VARIABLES if os.environ.get(name)), None)
+    if requested is not None and requested.isdigit() and threads < int(requested):
+        log.warning(
+            "TVM runs CPU kernels on %d thread(s), not the %s asked for: TVM started its thread pool "
+            "before `pipeline` was imported. Import pipeline before running any TVM kernel, or set "
+            "TVM_NUM_THREADS=%s in the environment before starting Python", threads, requested, requested,
+        )
+    return threads

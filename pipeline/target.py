@@ -89,6 +89,10 @@ def resolve_target(name: str | dict | TargetSpec = "cpu") -> TargetSpec:
         if not (isinstance(arch, str) and arch.startswith("sm_") and arch[3:].rstrip("af").isdigit()):
             raise TargetError(f"CUDA arch {arch!r} is not of the form sm_<major><minor>, e.g. sm_90 or sm_80")
         config.setdefault("host", {"kind": "llvm"})
+        # MetaSchedule's GPU rules read these, and TVM fills them in only when it can query a GPU.
+        # Every architecture since sm_20 allows 1024 threads and 48 KiB of static shared memory per block.
+        config.setdefault("max_threads_per_block", 1024)
+        config.setdefault("max_shared_memory_per_block", 48 * 1024)
     else:
         raise TargetError(f"target kind {config['kind']!r} is not supported; use 'cpu' (llvm) or 'cuda'")
     try:

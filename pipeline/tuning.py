@@ -21,6 +21,7 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 
+from . import devices
 from .artifact import AppliedSchedules
 from .errors import TuningError
 from .graphs import GraphSelection
@@ -190,6 +191,12 @@ def tune(options: TuneOptions) -> TuneResult:
         raise TuningError(f"trials per task must be at least 1, got {options.trials_per_task}")
     source = options.selection.resolve()
     target = resolve_target(options.target)
+    missing = devices.missing_device(target.kind, target.arch)
+    if missing is not None:
+        raise TuningError(
+            f"tuning for {target.key} measures every candidate on that device, and {missing}: run `tune` on "
+            f"a machine with the GPU (`build` works here, with the records already in {options.schedules})"
+        )
     started = time.time()
     lowered = lower(import_onnx(source.model).mod, target, options.lowering).main
     tvm_target = target.tvm_target()

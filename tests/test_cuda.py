@@ -7,9 +7,11 @@ import tvm
 
 from pipeline import cuda_driver, devices
 from pipeline.build import build
-from pipeline.errors import BuildError, DeviceError
+from pipeline.errors import BuildError, DeviceError, TuningError
+from pipeline.graphs import GraphSelection
 from pipeline.runtime import load
 from pipeline.target import resolve_target
+from pipeline.tuning import TuneOptions, tune
 from pipeline.verify import verify_artifact
 
 from .conftest import tiny_build_options
@@ -50,6 +52,14 @@ def test_without_a_gpu_the_build_is_pending_and_loading_says_why(cuda_build):
         load(cuda_build.artifact)
 
 
+@pytest.mark.skipif(GPU_PRESENT, reason="checks the refusal on a machine without a CUDA device")
+def test_without_a_gpu_tuning_for_it_is_refused_at_once(empty_schedules):
+    options = TuneOptions(GraphSelection(graph="convt5", config="tiny", latent_frames=2), target="cuda",
+                          schedules=empty_schedules)
+    with pytest.raises(TuningError, match="no CUDA device.*machine with the GPU"):
+        tune(options)
+
+
 def test_a_library_with_only_cuda_source_is_refused(tmp_path):
     library = tmp_path / "model.so"
     library.write_bytes(b"\x7fELF...extern \"C\" __global__ void convt_gemm_kernel(float* x) {}")
@@ -83,3 +93,18 @@ def test_on_a_gpu_an_artifact_for_another_major_arch_is_refused(tmp_path, empty_
     assert result.pending
     with pytest.raises(DeviceError, match="compute capability"):
         load(result.artifact)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU_PRESENT, reason="needs a CUDA GPU")
+def test_on_a_gpu_bench_compares_with_pytorch_cudnn(tmp_path, empty_schedules):
+    pytest.importorskip("torch", reason="the PyTorch baseline needs torch")
+    from pipeline.bench import BenchOptions, bench
+
+    report = bench(BenchOptions(
+        graphs=["convt5"], config="tiny", latent_frames=2, target={"kind": "cuda", "arch": _device_arch()},
+        schedules=empty_schedules, artifacts=tmp_path / "artifacts", out=tmp_path / "bench", repeats=2,
+    ))
+    (row,) = report.rows
+    assert report.baseline.startswith("PyTorch") and "TF32 off" in report.baseline
+    assert report.machine["gpu"] and row.baseline_max_rel_error < 1e-4 and row.tvm.median_ms > 0

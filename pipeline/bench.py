@@ -1,5 +1,6 @@
-"""Side-by-side benchmark: our build, optionally TVM's stock lowering, and onnxruntime, on the same
-inputs in one run, with useful GFLOP/s and the share of a peak measured in the same run.
+"""Side-by-side benchmark: our build, optionally TVM's stock lowering, and a baseline (onnxruntime
+on CPU, PyTorch eager on CUDA or on request), on the same inputs in one run, with useful GFLOP/s
+and the share of a matmul peak measured in the same run.
 
 The machine is shared and noisy, so the numbers that mean something are the ratios within a run.
 """
@@ -19,17 +20,21 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import torch_baseline
 from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
+from .cpu_threads import tvm_threads
 from .errors import TargetError
 from .graphs import GraphSelection, useful_flops
-from .runtime import Timing, load
-from .cpu_threads import tvm_threads
+from .runtime import Model, Timing, load
 from .target import TargetSpec, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
-from .verify import seeded_inputs
+from .verify import Tolerance, compare, seeded_inputs
 
 log = logging.getLogger(__name__)
+
+# onnxruntime: its CPU execution provider (CPU targets only). torch: PyTorch eager on the target's device.
+BASELINES = ("onnxruntime", "torch")
 
 
 @dataclass
@@ -44,6 +49,8 @@ class BenchOptions:
     repeats: int = 10
     # TVM's stock lowering runs for minutes per call on the SAO layers untuned: opt in.
     with_stock: bool = False
+    # None: onnxruntime for a CPU target, torch (cuDNN) for a CUDA one.
+    baseline: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,16 @@ class BenchRow:
     graph: str
     useful_gflop: float
     tvm: Measurement
-    onnxruntime: Measurement
+    baseline: Measurement
     stock: Measurement | None
     tuned_kernels: str
+    # How far the baseline's output is from ours (max |diff| / max |ours|) on the timed inputs.
+    baseline_max_rel_error: float
     note: str = ""
 
     @property
-    def ratio_to_onnxruntime(self) -> float:
-        return self.tvm.median_ms / self.onnxruntime.median_ms
+    def ratio_to_baseline(self) -> float:
+        return self.tvm.median_ms / self.baseline.median_ms
 
     def gflops(self, m: Measurement) -> float:
         return self.useful_gflop / (m.median_ms / 1e3)
@@ -85,7 +94,9 @@ class BenchRow:
 @dataclass
 class BenchReport:
     rows: list[BenchRow]
+    baseline: str
     peak_gflops: float
+    peak: str
     machine: dict
     settings: dict
     versions: dict = field(default_factory=package_versions)
@@ -105,29 +116,70 @@ def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def time_onnxruntime(session: ort.InferenceSession, feeds: dict, repeats: int, min_repeat_ms: int = 200) -> Measurement:
-    session.run(None, feeds)
-    per_call = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            session.run(None, feeds)
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed * 1e3 >= min_repeat_ms:
-                break
-        per_call.append(elapsed / calls * 1e3)
-    return Measurement(statistics.median(per_call), min(per_call), max(per_call))
+class _OnnxruntimeBaseline:
+    """onnxruntime's CPU execution provider on as many threads as our kernels, so the ratio
+    compares kernels, not thread counts."""
+
+    def __init__(self, onnx_model: Path, model: Model, device: str) -> None:
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = model.threads
+        self.session = ort.InferenceSession(str(onnx_model), session_options, providers=["CPUExecutionProvider"])
+        self.names = [s.name for s in model.inputs]
+
+    @staticmethod
+    def describe() -> str:
+        return f"onnxruntime {ort.__version__} CPUExecutionProvider"
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.names, inputs)))
+
+    def time(self, inputs: list[np.ndarray], repeats: int, min_repeat_ms: int = 200) -> Measurement:
+        feeds = dict(zip(self.names, inputs))
+        self.session.run(None, feeds)
+        per_call = []
+        for _ in range(repeats):
+            calls, start = 0, time.perf_counter()
+            while True:
+                self.session.run(None, feeds)
+                calls += 1
+                elapsed = time.perf_counter() - start
+                if elapsed * 1e3 >= min_repeat_ms:
+                    break
+            per_call.append(elapsed / calls * 1e3)
+        return Measurement(statistics.median(per_call), min(per_call), max(per_call))
 
 
-def _same_threads_as(threads: int) -> ort.SessionOptions:
-    """onnxruntime on as many threads as our kernels, so the ratio compares kernels, not thread counts."""
-    session_options = ort.SessionOptions()
-    session_options.intra_op_num_threads = threads
-    return session_options
+class _TorchBaseline:
+    """PyTorch eager on the target's device; on a CPU, on as many threads as our kernels."""
+
+    def __init__(self, onnx_model: Path, model: Model, device: str) -> None:
+        self.graph = torch_baseline.TorchGraph.load(onnx_model, device)
+        if device == "cpu":
+            self.graph.torch.set_num_threads(model.threads)
+
+    def describe(self) -> str:
+        return torch_baseline.describe(self.graph.device)
+
+    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.graph.run(inputs)
+
+    def time(self, inputs: list[np.ndarray], repeats: int) -> Measurement:
+        return Measurement(*self.graph.time(inputs, repeats))
 
 
-def _bench_graph(name: str, options: BenchOptions, target: TargetSpec) -> BenchRow:
+def _baseline_name(options: BenchOptions, target: TargetSpec) -> str:
+    name = options.baseline or ("onnxruntime" if target.kind == "llvm" else "torch")
+    if name not in BASELINES:
+        raise TargetError(f"unknown baseline {name!r}: choose one of {BASELINES}")
+    if name == "onnxruntime" and target.kind != "llvm":
+        raise TargetError(
+            f"onnxruntime runs on the CPU here, so it is no baseline for {target.key}: use --baseline torch "
+            f"(PyTorch eager with cuDNN on the same GPU)"
+        )
+    return name
+
+
+def _bench_graph(name: str, options: BenchOptions, target: TargetSpec, baseline_name: str):
     base = BuildOptions(
         selection=GraphSelection(graph=name, config=options.config, latent_frames=options.latent_frames),
         target=target, out=options.artifacts, schedules=options.schedules, timing_repeats=1,
@@ -136,10 +188,10 @@ def _bench_graph(name: str, options: BenchOptions, target: TargetSpec) -> BenchR
     model = load(ours.artifact)
     inputs = seeded_inputs(model.inputs)
     onnx_model = ours.artifact / "model.onnx"
-    session = ort.InferenceSession(
-        str(onnx_model), _same_threads_as(model.threads), providers=["CPUExecutionProvider"]
+    baseline = (_OnnxruntimeBaseline if baseline_name == "onnxruntime" else _TorchBaseline)(
+        onnx_model, model, target.device
     )
-    feeds = {s.name: x for s, x in zip(model.inputs, inputs)}
+    agreement = compare("output", baseline.run(inputs)[0], model.run(inputs)[0], Tolerance())
     gflop = useful_flops(onnx.load(str(onnx_model))) / 1e9
     stock, note = None, "stock lowering skipped (minutes per call untuned; --with-stock to include)"
     if options.with_stock:
@@ -147,35 +199,46 @@ def _bench_graph(name: str, options: BenchOptions, target: TargetSpec) -> BenchR
         stock = Measurement.of(load(stock_build.artifact).time(inputs, repeats=3, min_repeat_ms=0))
         note = ""
     # Interleave the two measurements, so that a burst of load elsewhere hits both sides.
-    tvm_runs, ort_runs = [], []
+    tvm_runs, baseline_runs = [], []
     for _ in range(2):
         tvm_runs.append(model.time(inputs, repeats=options.repeats // 2 or 1))
-        ort_runs.append(time_onnxruntime(session, feeds, options.repeats // 2 or 1))
-    tvm, onnxruntime = Measurement.combined(tvm_runs), Measurement.combined(ort_runs)
+        baseline_runs.append(baseline.time(inputs, options.repeats // 2 or 1))
     tuning = ours.manifest.tuning
-    return BenchRow(name, gflop, tvm, onnxruntime, stock, f"{len(tuning.tuned)}/{len(tuning.kernels)}", note)
+    row = BenchRow(
+        name, gflop, Measurement.combined(tvm_runs), Measurement.combined(baseline_runs), stock,
+        f"{len(tuning.tuned)}/{len(tuning.kernels)}", agreement.max_rel_error, note,
+    )
+    return row, baseline.describe()
+
+
+def _machine(target: TargetSpec) -> dict:
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": host_cores(), "threads": tvm_threads()}
+    if target.kind == "llvm":
+        machine["llvm_cpu"] = target.config.get("mcpu")
+    else:
+        import tvm
+
+        machine["gpu"] = tvm.cuda(0).device_name
+    return machine
 
 
 def bench(options: BenchOptions) -> BenchReport:
-    """Build (or rebuild) each graph, then time ours and onnxruntime side by side; write JSON, Markdown, PNG."""
+    """Build (or rebuild) each graph, then time ours and the baseline side by side; write JSON, Markdown, PNG."""
     target = resolve_target(options.target)
-    if target.kind != "llvm":
-        raise TargetError(
-            f"bench times CPU builds against onnxruntime CPU; {target.key} would be timed against "
-            f"PyTorch/cuDNN on the GPU, which this verb does not do yet: use --target cpu"
-        )
-    peak = measure_peak_gflops()
-    log.info("peak: %.1f GFLOP/s (numpy fp32 matmul 2048^3, best of 5)", peak)
-    rows = []
+    baseline_name = _baseline_name(options, target)
+    if target.kind == "llvm":
+        peak, peak_what = measure_peak_gflops(), "numpy fp32 matmul 2048^3 on the CPU"
+    else:
+        peak, peak_what = torch_baseline.matmul_peak_gflops("cuda"), "torch fp32 matmul 8192^3 (TF32 off) on the GPU"
+    log.info("peak: %.1f GFLOP/s (%s, best of 5)", peak, peak_what)
+    rows, described = [], ""
     for name in options.graphs:
-        row = _bench_graph(name, options, target)
-        log.info("%s: ours %.2f ms, onnxruntime %.2f ms, ratio %.2f", name, row.tvm.median_ms,
-                 row.onnxruntime.median_ms, row.ratio_to_onnxruntime)
+        row, described = _bench_graph(name, options, target, baseline_name)
+        log.info("%s: ours %.2f ms, %s %.2f ms, ratio %.2f", name, row.tvm.median_ms, baseline_name,
+                 row.baseline.median_ms, row.ratio_to_baseline)
         rows.append(row)
     report = BenchReport(
-        rows, peak,
-        machine={"cpu": platform.processor() or platform.machine(), "llvm_cpu": target.config.get("mcpu"),
-                 "cores": host_cores(), "threads": tvm_threads()},
+        rows, described, peak, peak_what, machine=_machine(target),
         settings={"config": options.config, "latent_frames": options.latent_frames, "target": target.key,
                   "repeats": options.repeats},
     )
@@ -183,22 +246,34 @@ def bench(options: BenchOptions) -> BenchReport:
     return report
 
 
+def _short(baseline: str) -> str:
+    return baseline.split()[0]
+
+
+def _where(machine: dict) -> str:
+    if "gpu" in machine:
+        return f"on {machine['gpu']}"
+    return f"{machine['threads']} CPU threads for ours and for the baseline"
+
+
 def markdown_table(report: BenchReport) -> str:
+    short = _short(report.baseline)
     lines = [
         f"T = {report.settings['latent_frames']} latent frames, config {report.settings['config']}, target "
-        f"{report.settings['target']}, {report.machine['threads']} threads for ours and for onnxruntime; "
-        f"peak {report.peak_gflops:.0f} GFLOP/s (fp32 matmul, same run).",
+        f"{report.settings['target']}, {_where(report.machine)}; baseline: {report.baseline}; "
+        f"peak {report.peak_gflops:.0f} GFLOP/s ({report.peak}, same run).",
         "",
-        "| graph | useful GFLOP | ours ms (median [min–max]) | onnxruntime ms | ours / ORT | ours GFLOP/s | % peak | ORT GFLOP/s | stock ms | tuned kernels |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| graph | useful GFLOP | ours ms (median [min–max]) | {short} ms | ours / {short} | ours GFLOP/s | % peak "
+        f"| {short} GFLOP/s | {short} vs ours (max rel diff) | stock ms | tuned kernels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report.rows:
         stock = f"{r.stock.median_ms:.1f}" if r.stock else "skipped"
         lines.append(
             f"| {r.graph} | {r.useful_gflop:.2f} | {r.tvm.median_ms:.2f} [{r.tvm.min_ms:.2f}–{r.tvm.max_ms:.2f}] | "
-            f"{r.onnxruntime.median_ms:.2f} [{r.onnxruntime.min_ms:.2f}–{r.onnxruntime.max_ms:.2f}] | "
-            f"**{r.ratio_to_onnxruntime:.2f}×** | {r.gflops(r.tvm):.1f} | {100 * r.gflops(r.tvm) / report.peak_gflops:.0f}% | "
-            f"{r.gflops(r.onnxruntime):.1f} | {stock} | {r.tuned_kernels} |"
+            f"{r.baseline.median_ms:.2f} [{r.baseline.min_ms:.2f}–{r.baseline.max_ms:.2f}] | "
+            f"**{r.ratio_to_baseline:.2f}×** | {r.gflops(r.tvm):.1f} | {100 * r.gflops(r.tvm) / report.peak_gflops:.0f}% | "
+            f"{r.gflops(r.baseline):.1f} | {r.baseline_max_rel_error:.1e} | {stock} | {r.tuned_kernels} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -207,7 +282,7 @@ def write_report(report: BenchReport, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(report)
     for row, raw in zip(report.rows, data["rows"]):
-        raw["ratio_to_onnxruntime"] = row.ratio_to_onnxruntime
+        raw["ratio_to_baseline"] = row.ratio_to_baseline
     (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / "bench.md").write_text(markdown_table(report))
     try:
@@ -222,7 +297,7 @@ def write_report(report: BenchReport, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 3, 4))
     xs = np.arange(len(names))
     ax.bar(xs - 0.2, [r.gflops(r.tvm) for r in report.rows], 0.4, label="ours (TVM, zero-waste lowering)")
-    ax.bar(xs + 0.2, [r.gflops(r.onnxruntime) for r in report.rows], 0.4, label="onnxruntime CPU")
+    ax.bar(xs + 0.2, [r.gflops(r.baseline) for r in report.rows], 0.4, label=_short(report.baseline))
     ax.axhline(report.peak_gflops, color="gray", linestyle="--", label="fp32 matmul peak (same run)")
     ax.set_xticks(xs, names)
     ax.set_ylabel("useful GFLOP/s")

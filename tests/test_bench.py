@@ -1,6 +1,10 @@
 import json
 
+import numpy as np
+import pytest
+
 from pipeline.bench import BenchOptions, bench
+from pipeline.errors import TargetError
 
 
 def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
@@ -9,9 +13,27 @@ def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
         artifacts=tmp_path / "artifacts", out=tmp_path / "bench", repeats=2,
     ))
     (row,) = report.rows
+    assert report.baseline.startswith("onnxruntime") and report.machine["threads"] >= 1
     assert row.graph == "convt4" and row.useful_gflop > 0 and report.peak_gflops > 0
     assert row.tvm.min_ms <= row.tvm.median_ms <= row.tvm.max_ms
-    assert row.ratio_to_onnxruntime == row.tvm.median_ms / row.onnxruntime.median_ms
+    assert row.ratio_to_baseline == row.tvm.median_ms / row.baseline.median_ms
+    assert row.baseline_max_rel_error < 1e-4
     data = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    assert data["rows"][0]["ratio_to_onnxruntime"] == row.ratio_to_onnxruntime
+    assert data["rows"][0]["ratio_to_baseline"] == row.ratio_to_baseline
     assert "| convt4 |" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_onnxruntime_is_no_baseline_for_a_gpu_build(tmp_path):
+    with pytest.raises(TargetError, match="--baseline torch"):
+        bench(BenchOptions(graphs=["convt4"], config="tiny", target="cuda", baseline="onnxruntime", out=tmp_path))
+
+
+def test_bench_against_pytorch_eager(tmp_path, empty_schedules):
+    pytest.importorskip("torch", reason="the PyTorch baseline is optional: pip install -e '.[torch]'")
+    report = bench(BenchOptions(
+        graphs=["block5"], config="tiny", latent_frames=1, schedules=empty_schedules, baseline="torch",
+        artifacts=tmp_path / "artifacts", out=tmp_path / "bench", repeats=2,
+    ))
+    (row,) = report.rows
+    assert report.baseline.startswith("PyTorch") and np.isfinite(row.ratio_to_baseline)
+    assert row.baseline_max_rel_error < 1e-4

@@ -1,0 +1,50 @@
+"""The PyTorch baseline runs our ONNX graphs op by op: it must compute what onnxruntime computes."""
+
+import numpy as np
+import pytest
+
+from pipeline.conformance import case_model, load_cases
+from pipeline.errors import UnsupportedModelError
+from pipeline.graphs import load_config, make_graph
+from pipeline.importer import TensorSpec
+from pipeline.verify import onnxruntime_outputs, seeded_inputs
+
+pytest.importorskip("torch", reason="the PyTorch baseline is optional: pip install -e '.[torch]'")
+from pipeline.torch_baseline import TorchGraph  # noqa: E402 - needs torch
+
+
+def _input_specs(model):
+    initializers = {i.name for i in model.graph.initializer}
+    return [
+        TensorSpec(v.name, tuple(d.dim_value for d in v.type.tensor_type.shape.dim), "float32")
+        for v in model.graph.input if v.name not in initializers
+    ]
+
+
+def _assert_agrees_with_onnxruntime(model):
+    specs = _input_specs(model)
+    inputs = seeded_inputs(specs)
+    expected = onnxruntime_outputs(model, {s.name: x for s, x in zip(specs, inputs)})
+    actual = TorchGraph(model, "cpu").run(inputs)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=0, atol=1e-4 * np.abs(e).max())
+
+
+def test_decoder_matches_onnxruntime():
+    _assert_agrees_with_onnxruntime(make_graph("decoder", load_config("tiny"), latent_frames=2).model)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in load_cases() if c.expect != "unsupported" and not {"output_shape", "auto_pad"} & set(c.attrs)],
+    ids=lambda c: c.name,
+)
+def test_convtranspose_cases_match_onnxruntime(case):
+    _assert_agrees_with_onnxruntime(case_model(case))
+
+
+@pytest.mark.parametrize("attribute", ["output_shape", "auto_pad"])
+def test_attributes_it_cannot_honour_are_refused(attribute):
+    case = next(c for c in load_cases() if attribute in c.attrs and c.expect != "unsupported")
+    with pytest.raises(UnsupportedModelError, match=attribute):
+        TorchGraph(case_model(case), "cpu")

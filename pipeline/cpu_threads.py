@@ -10,6 +10,7 @@ the user has chosen a count.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -28,8 +29,10 @@ def allowed_cpus() -> set[int]:
         return set(range(os.cpu_count() or 1))
 
 
+@functools.cache
 def physical_cores() -> int:
-    """Physical cores among the allowed CPUs: hyper-threads of one core count once."""
+    """Physical cores among the allowed CPUs: hyper-threads of one core count once. Read once per
+    process: every target resolution asks, and sysfs holds two files per CPU."""
     cpus = allowed_cpus()
     cores = set()
     for cpu in cpus:

@@ -46,7 +46,9 @@ class ImportedGraph:
     params: list[np.ndarray]
 
 
-def _graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The inputs a caller feeds (initializers excluded); UnsupportedModelError for symbolic
+    dimensions and element types we do not compile."""
     initializers = {init.name for init in model.graph.initializer}
     specs = []
     for value in model.graph.input:
@@ -88,7 +90,7 @@ def _output_specs(ret_ty, names: list[str]) -> list[TensorSpec]:
 
 def import_onnx(model: onnx.ModelProto) -> ImportedGraph:
     """Import with TVM's Relax ONNX frontend; weights become trailing parameters of `main`."""
-    inputs = _graph_inputs(model)
+    inputs = graph_inputs(model)
     model, rewrites = make_convtranspose_padding_explicit(model)
     for line in rewrites:
         log.info("explicit ConvTranspose padding: %s", line)

@@ -6,23 +6,15 @@ import pytest
 from pipeline.conformance import case_model, load_cases
 from pipeline.errors import UnsupportedModelError
 from pipeline.graphs import load_config, make_graph
-from pipeline.importer import TensorSpec
+from pipeline.importer import graph_inputs
 from pipeline.verify import onnxruntime_outputs, seeded_inputs
 
 pytest.importorskip("torch", reason="the PyTorch baseline is optional: pip install -e '.[torch]'")
 from pipeline.torch_baseline import TorchGraph  # noqa: E402 - needs torch
 
 
-def _input_specs(model):
-    initializers = {i.name for i in model.graph.initializer}
-    return [
-        TensorSpec(v.name, tuple(d.dim_value for d in v.type.tensor_type.shape.dim), "float32")
-        for v in model.graph.input if v.name not in initializers
-    ]
-
-
 def _assert_agrees_with_onnxruntime(model):
-    specs = _input_specs(model)
+    specs = graph_inputs(model)
     inputs = seeded_inputs(specs)
     expected = onnxruntime_outputs(model, {s.name: x for s, x in zip(specs, inputs)})
     actual = TorchGraph(model, "cpu").run(inputs)

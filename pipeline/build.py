@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import tvm
-from tvm import relax, s_tir
-from tvm.s_tir import dlight as dl
+from tvm import relax
 
 from . import devices, runtime
 from .artifact import (
@@ -40,6 +39,7 @@ from .graphs import GraphSelection
 from .importer import TensorSpec, import_onnx
 from .lowering import DEFAULT_LOWERING, ENTRY, WEIGHT_PREPARATION, lower
 from .passes.default_cpu_schedule import DefaultCPUSchedule
+from .passes.default_gpu_schedule import DefaultGPUSchedule
 from .runtime import Timing
 from .target import TargetSpec, resolve_target
 from .tuning import SCHEDULES_DIR, ScheduleStore
@@ -99,21 +99,6 @@ class CompiledGraph:
         return [p.numpy() for p in prepared]
 
 
-def _default_gpu_schedules() -> tvm.transform.Pass:
-    """Every kernel without a record gets dlight's schedule for its pattern, and whatever dlight
-    leaves unscheduled gets DefaultGPUSchedule's thread binding: a GPU kernel without bound
-    threads fails to compile."""
-    return tvm.transform.Sequential(
-        [
-            dl.ApplyDefaultSchedule(
-                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
-            ),
-            s_tir.transform.DefaultGPUSchedule(),
-        ],
-        name="default-gpu-schedules",
-    )
-
-
 def _unique(names: list[str]) -> list[str]:
     """Relax names lifted values `lv<N>` per scope, so two prepared weights can share a name."""
     seen: dict[str, int] = {}
@@ -143,7 +128,7 @@ def compile_module(
         scheduled = DefaultCPUSchedule()(scheduled)
     else:
         with target.tvm_target():
-            scheduled = _default_gpu_schedules()(scheduled)
+            scheduled = DefaultGPUSchedule()(scheduled)
     log.info(
         "%d of %d kernels have tuning records in %s", len(applied.tuned), len(applied.kernels), store.dir
     )

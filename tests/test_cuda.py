@@ -4,20 +4,32 @@ import shutil
 
 import pytest
 import tvm
+import tvm_ffi
 
 from pipeline import cuda_driver, devices
-from pipeline.build import build
+from pipeline.build import BuildOptions, build
 from pipeline.errors import BuildError, DeviceError, TuningError
 from pipeline.graphs import GraphSelection
+from pipeline.importer import import_onnx
+from pipeline.lowering import lower
+from pipeline.passes.default_gpu_schedule import (
+    LARGE_TILE,
+    MIN_BLOCKS,
+    THREADS_PER_BLOCK,
+    DefaultGPUSchedule,
+    gemm_config,
+)
 from pipeline.runtime import load
 from pipeline.target import resolve_target
 from pipeline.tuning import TuneOptions, tune
 from pipeline.verify import verify_artifact
 
-from .conftest import tiny_build_options
+from .conftest import TINY_FRAMES, tiny_build_options
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 GPU_PRESENT = tvm.cuda(0).exist
+# convt3 of SAO on 64 latent frames: a 2048 x 4096 GEMM, 512 blocks of the large GPU tile.
+LARGE_TILE_FRAMES = 64
 
 
 def _device_arch() -> str:
@@ -108,3 +120,61 @@ def test_on_a_gpu_bench_compares_with_pytorch_cudnn(tmp_path, empty_schedules):
     (row,) = report.rows
     assert report.baseline.startswith("PyTorch") and "TF32 off" in report.baseline
     assert report.machine["gpu"] and row.baseline_max_rel_error < 1e-4 and row.tvm.median_ms > 0
+
+
+def _gpu_scheduled_kernels(graph: str, config: str = "tiny", latent_frames: int = TINY_FRAMES) -> dict:
+    target = resolve_target("cuda")
+    source = GraphSelection(graph=graph, config=config, latent_frames=latent_frames).resolve()
+    lowered = lower(import_onnx(source.model).mod, target)
+    with target.tvm_target():
+        scheduled = DefaultGPUSchedule()(lowered.main)
+    return {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _thread_extents(func) -> dict[str, int]:
+    extents = {}
+
+    def visit(loop):
+        if loop.thread_binding is not None:
+            extents[loop.thread_binding.thread_tag] = int(loop.extent)
+
+    tvm_ffi.structural_walk(func.body, [(tvm.tirx.For, visit)], order="post")
+    return extents
+
+
+def test_gpu_schedule_tiles_every_gemm_in_shared_memory_and_gives_col2im_a_thread_per_output():
+    kernels = _gpu_scheduled_kernels("block1")
+    gemms = [name for name in kernels if "gemm" in name]
+    assert any("convt_gemm" in name for name in gemms) and any("conv_gemm" in name for name in gemms)
+    for name in gemms:  # dlight's Matmul rule; its serial fallback has no shared memory
+        assert 'scope="shared"' in kernels[name].script(), name
+    (col2im,) = [f for name, f in kernels.items() if "col2im" in name]
+    outputs = 1
+    for extent in col2im.params[-1].shape:  # the kernel's output buffer
+        outputs *= int(extent)
+    threads = _thread_extents(col2im)
+    assert threads.keys() == {"blockIdx.x", "threadIdx.x"} and threads["threadIdx.x"] == THREADS_PER_BLOCK
+    assert threads["blockIdx.x"] == -(-outputs // THREADS_PER_BLOCK)
+    assert 'scope="shared"' not in col2im.script()
+
+
+def test_gpu_gemm_tile_grows_only_where_the_grid_still_fills_the_gpu():
+    target = resolve_target("cuda").tvm_target()
+    large_rows = LARGE_TILE.block_size_x * LARGE_TILE.micro_size_x
+    large_columns = LARGE_TILE.block_size_y * LARGE_TILE.micro_size_y
+    assert gemm_config((1, 2048, 8192), target) == LARGE_TILE  # convt3 at T = 128: 16 x 64 blocks
+    # convt1 at T = 128: 16384 rows x 128 positions would be 128 large blocks, too few for 132 SMs.
+    assert gemm_config((1, 16384, 128), target) != LARGE_TILE
+    assert gemm_config((MIN_BLOCKS, large_rows, large_columns), target) == LARGE_TILE
+    assert gemm_config((MIN_BLOCKS - 1, large_rows, large_columns), target) != LARGE_TILE
+
+
+@needs_nvcc
+def test_cuda_build_with_the_large_gemm_tile_holds_device_code(tmp_path, empty_schedules):
+    options = BuildOptions(
+        selection=GraphSelection(graph="convt3", config="sao", latent_frames=LARGE_TILE_FRAMES),
+        target="cuda", out=tmp_path, schedules=empty_schedules,
+    )
+    result = build(options)  # on a GPU, also verified against onnxruntime
+    assert result.manifest.device_code.format in ("fatbin", "ptx")
+    assert result.passed if GPU_PRESENT else result.pending

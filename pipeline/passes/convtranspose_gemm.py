@@ -88,7 +88,9 @@ def _gemm(x: te.Tensor, packed: te.Tensor) -> te.Tensor:
     ci = te.reduce_axis((0, cin_per_group), name="ci")
 
     def product(n, row, p):
-        group, local = row // rows_per_group, row % rows_per_group
+        # Written without the group division where there is one group: dlight's GPU Matmul rule
+        # recognises a matmul only from plain indices, and gave this kernel its serial fallback.
+        group, local = (0, row) if groups == 1 else (row // rows_per_group, row % rows_per_group)
         return te.sum(x[n, group * cin_per_group + ci, p] * packed[group, local // tile, ci, local % tile], axis=ci)
 
     return te.compute((batch, groups * rows_per_group, positions), product, name="convt_gemm")

@@ -154,10 +154,10 @@ FINAL_SCHEDULES = ("convt_gemm", "conv_gemm")
 
 def has_final_schedule(func: tirx.PrimFunc) -> bool:
     sch = s_tir.Schedule(func)
-    return any(_has_block(sch, name) for name in FINAL_SCHEDULES)
+    return any(has_block(sch, name) for name in FINAL_SCHEDULES)
 
 
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
+def has_block(sch: s_tir.Schedule, name: str) -> bool:
     try:
         sch.get_sblock(name)
     except ScheduleError:  # no block of that name in this kernel
@@ -191,7 +191,7 @@ def _schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """`func` with our schedule, or None where we have none for it."""
     sch = s_tir.Schedule(func)
     for name, schedule in _SCHEDULES.items():
-        if _has_block(sch, name):
+        if has_block(sch, name):
             schedule(sch)
             return sch.mod["main"]
     if not _is_elementwise(sch):

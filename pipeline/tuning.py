@@ -72,7 +72,8 @@ class ScheduleStore:
                 f"restore them from git (git checkout -- {directory}) or delete the folder to start afresh"
             ) from exc
 
-    def record_count(self) -> int:
+    def kernel_count(self) -> int:
+        """Kernels with a record: the store keeps one, the best, per kernel."""
         return len(self.open()) if self.exists() else 0
 
     def apply(self, mod: tvm.IRModule) -> tuple[tvm.IRModule, AppliedSchedules]:
@@ -92,7 +93,10 @@ class ScheduleStore:
         return mod, AppliedSchedules(str(self.dir), self.sha256(), kernels, tuned)
 
     def merge(self, staging: ms.database.Database) -> int:
-        """Add staging's successful records to the store; returns how many were added."""
+        """Merge staging's successful records into the store, which keeps the best record of each
+        kernel (the one `build` applies): the other measured schedules took 97% of its size, and
+        the store travels to the GPU machine beside a TVM that fills most of the 64 MiB allowed.
+        Returns how many records were merged."""
         records = [
             r for r in staging.get_all_tuning_records()
             if r.run_secs and max(float(s) for s in r.run_secs) < FAILED_RUN_SECS
@@ -102,10 +106,13 @@ class ScheduleStore:
         self.dir.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{self.target.key}.merge-", dir=self.dir.parent))
         try:
+            everything, best = scratch / "all", scratch / "best"
+            everything.mkdir()
+            best.mkdir()
             if self.exists():
                 for path in self.files:
-                    shutil.copy2(path, scratch / path.name)
-            database = self.open(scratch)
+                    shutil.copy2(path, everything / path.name)
+            database = self.open(everything)
             for record in records:
                 workload = database.commit_workload(record.workload.mod)
                 database.commit_tuning_record(
@@ -113,12 +120,13 @@ class ScheduleStore:
                         record.trace, workload, record.run_secs, record.target, record.args_info
                     )
                 )
+            database.dump_pruned(self.open(best))
             del database
             self.dir.mkdir(parents=True, exist_ok=True)
             # Workloads first: a stop between the two renames leaves unused workloads, never
             # records that point at a missing workload.
             for path in self.files:
-                (scratch / path.name).replace(path)
+                (best / path.name).replace(path)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return len(records)
@@ -136,8 +144,9 @@ class TuneResult:
     target_key: str
     store: Path
     tasks: list[TaskProgress]
-    records_added: int
-    records_total: int
+    # Successful measurements merged into the store, and the kernels it now holds a record for.
+    records_merged: int
+    kernels_with_records: int
     seconds: float
     interrupted: bool = False
 
@@ -249,9 +258,10 @@ def tune(options: TuneOptions) -> TuneResult:
             raise
         shutil.rmtree(staging_dir, ignore_errors=True)
     result = TuneResult(
-        target.key, store.dir, progress, added, store.record_count(), time.time() - started, interrupted
+        target.key, store.dir, progress, added, store.kernel_count(), time.time() - started, interrupted
     )
     log.info(
-        "added %d records to %s (%d in all) in %.0f s", added, store.dir, result.records_total, result.seconds
+        "merged %d measured schedules into %s, which keeps the best of each kernel (%d kernels) in %.0f s",
+        added, store.dir, result.kernels_with_records, result.seconds,
     )
     return result

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{task.name:40s} {task.trials:6d} {best:>10s}")
     state = "interrupted; " if result.interrupted else ""
     print(
-        f"{state}added {result.records_added} records to {result.store} ({result.records_total} in all) "
-        f"in {result.seconds:.0f} s"
+        f"{state}merged {result.records_merged} measured schedules into {result.store}, which keeps the best "
+        f"of each of {result.kernels_with_records} kernels; {result.seconds:.0f} s"
     )
     return 130 if result.interrupted else 0

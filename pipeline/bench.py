@@ -12,7 +12,6 @@ import json
 import logging
 import platform
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from .build import BuildOptions, build
 from .cpu_threads import tvm_threads
 from .errors import TargetError
 from .graphs import GraphSelection, useful_flops
-from .runtime import Model, Timing, load
+from .runtime import Model, Timing, load, time_calls
 from .target import TargetSpec, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
 from .verify import Tolerance, compare, seeded_inputs
@@ -107,20 +106,15 @@ def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+    best_ms = time_calls(lambda: a @ b, repeats, min_repeat_ms=0).min_ms
+    return 2 * size**3 / (best_ms / 1e3) / 1e9
 
 
 class _OnnxruntimeBaseline:
     """onnxruntime's CPU execution provider on as many threads as our kernels, so the ratio
     compares kernels, not thread counts."""
 
-    def __init__(self, onnx_model: Path, model: Model, device: str) -> None:
+    def __init__(self, onnx_model: Path, model: Model) -> None:
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = model.threads
         self.session = ort.InferenceSession(str(onnx_model), session_options, providers=["CPUExecutionProvider"])
@@ -133,20 +127,9 @@ class _OnnxruntimeBaseline:
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return self.session.run(None, dict(zip(self.names, inputs)))
 
-    def time(self, inputs: list[np.ndarray], repeats: int, min_repeat_ms: int = 200) -> Measurement:
+    def time(self, inputs: list[np.ndarray], repeats: int) -> Measurement:
         feeds = dict(zip(self.names, inputs))
-        self.session.run(None, feeds)
-        per_call = []
-        for _ in range(repeats):
-            calls, start = 0, time.perf_counter()
-            while True:
-                self.session.run(None, feeds)
-                calls += 1
-                elapsed = time.perf_counter() - start
-                if elapsed * 1e3 >= min_repeat_ms:
-                    break
-            per_call.append(elapsed / calls * 1e3)
-        return Measurement(statistics.median(per_call), min(per_call), max(per_call))
+        return Measurement.of(time_calls(lambda: self.session.run(None, feeds), repeats))
 
 
 class _TorchBaseline:
@@ -164,7 +147,7 @@ class _TorchBaseline:
         return self.graph.run(inputs)
 
     def time(self, inputs: list[np.ndarray], repeats: int) -> Measurement:
-        return Measurement(*self.graph.time(inputs, repeats))
+        return Measurement.of(self.graph.time(inputs, repeats))
 
 
 def _baseline_name(options: BenchOptions, target: TargetSpec) -> str:
@@ -188,9 +171,10 @@ def _bench_graph(name: str, options: BenchOptions, target: TargetSpec, baseline_
     model = load(ours.artifact)
     inputs = seeded_inputs(model.inputs)
     onnx_model = ours.artifact / "model.onnx"
-    baseline = (_OnnxruntimeBaseline if baseline_name == "onnxruntime" else _TorchBaseline)(
-        onnx_model, model, target.device
-    )
+    if baseline_name == "onnxruntime":
+        baseline = _OnnxruntimeBaseline(onnx_model, model)
+    else:
+        baseline = _TorchBaseline(onnx_model, model, target.device)
     agreement = compare("output", baseline.run(inputs)[0], model.run(inputs)[0], Tolerance())
     gflop = useful_flops(onnx.load(str(onnx_model))) / 1e9
     stock, note = None, "stock lowering skipped (minutes per call untuned; --with-stock to include)"

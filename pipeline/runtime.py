@@ -12,7 +12,10 @@ It needs nothing from the build: a fresh process with only this package and TVM 
 
 from __future__ import annotations
 
+import math
 import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +32,36 @@ from .importer import TensorSpec
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-call latency over `repeats` timed repeats (each at least `min_repeat_ms` long, averaged
-    per call by TVM), after one discarded warm-up call."""
+    """Per-call latency over `repeats` timed repeats, each a batch of calls at least `min_repeat_ms`
+    long, averaged per call (by TVM's time_evaluator for our models, by time_calls otherwise)."""
 
     median_ms: float
     min_ms: float
     max_ms: float
     repeats: int
+
+
+def wall_clock_ms(call: Callable[[], object], calls: int) -> float:
+    began = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - began) * 1e3
+
+
+def time_calls(
+    call: Callable[[], object],
+    repeats: int,
+    min_repeat_ms: float = 200,
+    elapsed_ms: Callable[[Callable[[], object], int], float] = wall_clock_ms,
+) -> Timing:
+    """Per-call latency of `call`, for code TVM's time_evaluator cannot time (the baselines): three
+    warm-up calls, then `repeats` batches of as many calls as make min_repeat_ms, each timed by
+    `elapsed_ms(call, calls)` (the wall clock here; device events for a GPU)."""
+    for _ in range(3):
+        call()
+    calls = max(1, math.ceil(min_repeat_ms / max(elapsed_ms(call, 1), 1e-3)))
+    per_call = [elapsed_ms(call, calls) / calls for _ in range(repeats)]
+    return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
 
 
 class Model:

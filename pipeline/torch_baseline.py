@@ -12,8 +12,6 @@ torch is an optional dependency: `pip install -e '.[torch]'` (on a GPU machine, 
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import TargetError, UnsupportedModelError
+from .runtime import Timing, time_calls, wall_clock_ms
 
 
 def import_torch():
@@ -157,16 +156,16 @@ class TorchGraph:
         with self.torch.inference_mode():
             return [y.cpu().numpy() for y in self.forward(self.to_device(inputs))]
 
-    def time(self, inputs: list[np.ndarray], repeats: int, min_repeat_ms: float = 200) -> tuple[float, float, float]:
-        """(median, min, max) ms per call over `repeats` batches of calls, each at least min_repeat_ms,
-        after warm-up (which also lets cuDNN choose its algorithms)."""
+    def time(self, inputs: list[np.ndarray], repeats: int, min_repeat_ms: float = 200) -> Timing:
+        """Per-call latency over `repeats` batches of calls, each at least min_repeat_ms, after
+        warm-up calls (which also let cuDNN choose its algorithms)."""
         with self.torch.inference_mode():
             tensors = self.to_device(inputs)
-            return time_calls(self.torch, self.device, lambda: self.forward(tensors), repeats, min_repeat_ms)
+            return time_on(self.device, lambda: self.forward(tensors), repeats, min_repeat_ms)
 
 
-def _elapsed_ms(torch, device: str, call, calls: int) -> float:
-    if device == "cuda":
+def _cuda_event_ms(torch):
+    def elapsed_ms(call, calls: int) -> float:
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(calls):
@@ -174,20 +173,14 @@ def _elapsed_ms(torch, device: str, call, calls: int) -> float:
         stop.record()
         stop.synchronize()
         return start.elapsed_time(stop)
-    began = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - began) * 1e3
+
+    return elapsed_ms
 
 
-def time_calls(torch, device: str, call, repeats: int, min_repeat_ms: float) -> tuple[float, float, float]:
-    """(median, min, max) ms per call of `call`, timed in batches of at least min_repeat_ms (CUDA
-    events on a GPU), after three warm-up calls."""
-    for _ in range(3):
-        call()
-    calls = max(1, int(np.ceil(min_repeat_ms / max(_elapsed_ms(torch, device, call, 1), 1e-3))))
-    per_call = [_elapsed_ms(torch, device, call, calls) / calls for _ in range(repeats)]
-    return statistics.median(per_call), min(per_call), max(per_call)
+def time_on(device: str, call, repeats: int, min_repeat_ms: float) -> Timing:
+    """runtime.time_calls, with CUDA events around each batch on a GPU (kernels run asynchronously)."""
+    elapsed_ms = _cuda_event_ms(import_torch()) if device == "cuda" else wall_clock_ms
+    return time_calls(call, repeats, min_repeat_ms, elapsed_ms)
 
 
 def describe(device: str) -> str:
@@ -207,5 +200,5 @@ def matmul_peak_gflops(device: str, size: int = 8192) -> float:
     torch.backends.cuda.matmul.allow_tf32 = False
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    _, best_ms, _ = time_calls(torch, device, lambda: a @ b, repeats=5, min_repeat_ms=50)
+    best_ms = time_on(device, lambda: a @ b, repeats=5, min_repeat_ms=50).min_ms
     return 2 * size**3 / (best_ms / 1e3) / 1e9

@@ -19,11 +19,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import torch_baseline
+from . import devices, torch_baseline
 from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
 from .cpu_threads import tvm_threads
-from .errors import TargetError
+from .errors import DeviceError, TargetError
 from .graphs import GraphSelection, useful_flops
 from .runtime import Model, Timing, load, time_calls
 from .target import TargetSpec, host_cores, resolve_target
@@ -210,6 +210,12 @@ def bench(options: BenchOptions) -> BenchReport:
     """Build (or rebuild) each graph, then time ours and the baseline side by side; write JSON, Markdown, PNG."""
     target = resolve_target(options.target)
     baseline_name = _baseline_name(options, target)
+    missing = devices.missing_device(target.kind, target.arch)
+    if missing is not None:
+        raise DeviceError(
+            f"bench times ours and the baseline on the {target.kind} device, and {missing}: run it on a "
+            f"machine with the GPU (`build --target {target.kind}` works here, unverified until then)"
+        )
     if target.kind == "llvm":
         peak, peak_what = measure_peak_gflops(), "numpy fp32 matmul 2048^3 on the CPU"
     else:

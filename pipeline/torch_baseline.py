@@ -34,6 +34,17 @@ def import_torch():
     return torch
 
 
+def torch_on(device: str):
+    """torch, checked to run on `device` ("cpu" or "cuda"), or TargetError saying what is missing."""
+    torch = import_torch()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TargetError(
+            f"the PyTorch baseline on cuda needs a CUDA GPU and a CUDA build of torch (here: torch "
+            f"{torch.__version__}, CUDA available: no)"
+        )
+    return torch
+
+
 def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -107,9 +118,7 @@ class TorchGraph:
     device: str
 
     def __post_init__(self) -> None:
-        self.torch = import_torch()
-        if self.device == "cuda" and not self.torch.cuda.is_available():
-            raise TargetError("the PyTorch baseline on cuda needs a CUDA GPU and a CUDA build of torch")
+        self.torch = torch_on(self.device)
         unsupported = sorted({n.op_type for n in self.model.graph.node} - set(_ELEMENTWISE) - set(_CONVOLUTIONS))
         if unsupported:
             raise UnsupportedModelError(
@@ -196,7 +205,7 @@ def describe(device: str) -> str:
 
 def matmul_peak_gflops(device: str, size: int = 8192) -> float:
     """Best fp32 GFLOP/s of a large torch matmul on `device` (TF32 off): the GPU's practical peak."""
-    torch = import_torch()
+    torch = torch_on(device)
     torch.backends.cuda.matmul.allow_tf32 = False
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)

@@ -2,9 +2,10 @@ import json
 
 import numpy as np
 import pytest
+import tvm
 
 from pipeline.bench import BenchOptions, bench
-from pipeline.errors import TargetError
+from pipeline.errors import DeviceError, TargetError
 
 
 def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
@@ -26,6 +27,13 @@ def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
 def test_onnxruntime_is_no_baseline_for_a_gpu_build(tmp_path):
     with pytest.raises(TargetError, match="--baseline torch"):
         bench(BenchOptions(graphs=["convt4"], config="tiny", target="cuda", baseline="onnxruntime", out=tmp_path))
+
+
+@pytest.mark.skipif(tvm.cuda(0).exist, reason="checks the refusal on a machine without a CUDA device")
+def test_bench_on_a_gpu_target_without_the_gpu_says_so_before_building(tmp_path):
+    with pytest.raises(DeviceError, match="no CUDA device.*machine with the GPU"):
+        bench(BenchOptions(graphs=["convt4"], config="tiny", target="cuda", out=tmp_path, artifacts=tmp_path))
+    assert not any(tmp_path.iterdir())
 
 
 def test_bench_against_pytorch_eager(tmp_path, empty_schedules):

@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 
 from pipeline.conformance import case_model, load_cases
-from pipeline.errors import UnsupportedModelError
+from pipeline.errors import TargetError, UnsupportedModelError
 from pipeline.graphs import load_config, make_graph
 from pipeline.importer import graph_inputs
 from pipeline.verify import onnxruntime_outputs, seeded_inputs
 
 pytest.importorskip("torch", reason="the PyTorch baseline is optional: pip install -e '.[torch]'")
-from pipeline.torch_baseline import TorchGraph  # noqa: E402 - needs torch
+import torch  # noqa: E402 - skipped above where absent
+
+from pipeline.torch_baseline import TorchGraph, matmul_peak_gflops  # noqa: E402 - needs torch
 
 
 def _assert_agrees_with_onnxruntime(model):
@@ -40,3 +42,9 @@ def test_attributes_it_cannot_honour_are_refused(attribute):
     case = next(c for c in load_cases() if attribute in c.attrs and c.expect != "unsupported")
     with pytest.raises(UnsupportedModelError, match=attribute):
         TorchGraph(case_model(case), "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where torch has no CUDA device")
+def test_cuda_without_a_cuda_torch_is_a_clear_error():
+    with pytest.raises(TargetError, match="CUDA GPU and a CUDA build of torch"):
+        matmul_peak_gflops("cuda")

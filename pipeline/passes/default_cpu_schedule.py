@@ -18,6 +18,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import ScheduleError
 
+from .convtranspose_gemm import ROW_TILE
+
 VECTOR_LANES = 16
 COLUMN_VECTORS = 2
 # Half of the 2 MiB per-core L2 of the machines we measured on; the rest holds an input panel
@@ -50,15 +52,19 @@ def _bytes(region) -> int:
     return count * _element_bytes(region)
 
 
-def _column_tile(positions: int) -> tuple[int, int]:
-    """(columns, lanes) of the micro-kernel: up to COLUMN_VECTORS vectors of up to VECTOR_LANES lanes,
-    all dividing the positions. A partial vector would put a bounds test in the innermost loop and
-    LLVM then emits scalar code: convt1's GEMM on a chunk of 8 latent frames (8 positions) ran at
-    46 GFLOP/s with 16-lane vectors, at 61 with 8-lane ones (where its 128 MB weight stream bounds it)."""
+def _column_tile(positions: int, rows: int) -> tuple[int, int]:
+    """(columns, lanes) of the micro-kernel: vectors of up to VECTOR_LANES lanes, all dividing the
+    positions. A partial vector would put a bounds test in the innermost loop and LLVM then emits
+    scalar code: convt1's GEMM on a chunk of 8 latent frames (8 positions) ran at 46 GFLOP/s with
+    16-lane vectors, at 61 with 8-lane ones (where its 128 MB weight stream bounds it).
+    COLUMN_VECTORS vectors for a full row tile; where the rows are fewer (a Conv1d to 2 channels),
+    more vectors, so the tile still holds ROW_TILE * COLUMN_VECTORS accumulators."""
     lanes = VECTOR_LANES
     while lanes > 1 and positions % lanes:
         lanes //= 2
-    vectors = COLUMN_VECTORS if positions % (lanes * COLUMN_VECTORS) == 0 else 1
+    vectors = max(COLUMN_VECTORS, ROW_TILE * COLUMN_VECTORS // rows)
+    while vectors > 1 and positions % (lanes * vectors):
+        vectors //= 2
     return lanes * vectors, lanes
 
 
@@ -75,7 +81,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
     # One loop each for rows and positions (the GEMM is written flat): fusing loops here would
     # make the accumulator's write-back region a bounding box that overwrites other tiles.
     batch, rows, positions, *reduction = sch.get_loops(block)
-    columns, lanes = _column_tile(_extent(sch, positions))
+    columns, lanes = _column_tile(_extent(sch, positions), row_tile)
     row_tiles, row = sch.split(rows, factors=[None, row_tile])
     panels, column = sch.split(positions, factors=[None, columns])
     rows_outside = not padding and L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)

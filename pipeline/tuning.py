@@ -8,6 +8,7 @@ once complete, so the store is never left half-written and never loses earlier r
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import math
 import shutil
@@ -177,6 +178,10 @@ class _ProgressReporter(ms.measure_callback.PyMeasureCallback):
         )
 
 
+# xgb: MetaSchedule's XGBoost model, trained on the measurements as they come in; random: no model.
+COST_MODELS = ("xgb", "random")
+
+
 @dataclass
 class TuneOptions:
     selection: GraphSelection
@@ -198,6 +203,15 @@ def tune(options: TuneOptions) -> TuneResult:
     """
     if options.trials_per_task < 1:
         raise TuningError(f"trials per task must be at least 1, got {options.trials_per_task}")
+    if options.cost_model not in COST_MODELS:
+        raise TuningError(f"unknown cost model {options.cost_model!r}: choose one of {COST_MODELS}")
+    # MetaSchedule imports xgboost only when it first trains the model, after the first batch of
+    # candidates has been built and measured: without this check that is minutes of device time lost.
+    if options.cost_model == "xgb" and importlib.util.find_spec("xgboost") is None:
+        raise TuningError(
+            "the xgb cost model needs xgboost, which is not installed here: install the project's "
+            "dependencies (pip install -e ., which brings xgboost-cpu), or tune with --cost-model random"
+        )
     source = options.selection.resolve()
     target = resolve_target(options.target)
     missing = devices.missing_device(target.kind, target.arch)

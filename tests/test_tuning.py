@@ -1,3 +1,4 @@
+import importlib.util
 import math
 
 import pytest
@@ -59,3 +60,14 @@ def test_corrupt_records_are_a_clear_error(tmp_path):
         path.write_text("{not json\n")
     with pytest.raises(TuningError, match="cannot be read"):
         store.open()
+
+
+def test_xgb_cost_model_without_xgboost_is_refused_before_anything_is_measured(monkeypatch, tmp_path):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "xgboost" else real_find_spec(name, *args)
+    )
+    selection = GraphSelection(graph="convt5", config="tiny", latent_frames=TINY_FRAMES)
+    with pytest.raises(TuningError, match="needs xgboost.*--cost-model random"):
+        tune(TuneOptions(selection=selection, trials_per_task=1, schedules=tmp_path))
+    assert not any(tmp_path.iterdir())

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from ..tuning import SCHEDULES_DIR, TuneOptions, tune
+from ..tuning import COST_MODELS, SCHEDULES_DIR, TuneOptions, tune
 from .options import add_graph_arguments, add_target_arguments, graph_selection, target_choice
 
 HELP = "tune a graph's kernels with MetaSchedule and merge the records into schedules/<target-key>/"
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_graph_arguments(parser, required=True)
     add_target_arguments(parser)
     parser.add_argument("--trials", type=int, default=64, help="trials per task (default 64)")
-    parser.add_argument("--cost-model", choices=("xgb", "random"), default="xgb", help="MetaSchedule cost model")
+    parser.add_argument("--cost-model", choices=COST_MODELS, default="xgb", help="MetaSchedule cost model")
     parser.add_argument("--schedules", type=Path, default=SCHEDULES_DIR, help="tuning records root (default schedules/)")
 
 

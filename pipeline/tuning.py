@@ -205,13 +205,6 @@ def tune(options: TuneOptions) -> TuneResult:
         raise TuningError(f"trials per task must be at least 1, got {options.trials_per_task}")
     if options.cost_model not in COST_MODELS:
         raise TuningError(f"unknown cost model {options.cost_model!r}: choose one of {COST_MODELS}")
-    # MetaSchedule imports xgboost only when it first trains the model, after the first batch of
-    # candidates has been built and measured: without this check that is minutes of device time lost.
-    if options.cost_model == "xgb" and importlib.util.find_spec("xgboost") is None:
-        raise TuningError(
-            "the xgb cost model needs xgboost, which is not installed here: install the project's "
-            "dependencies (pip install -e ., which brings xgboost-cpu), or tune with --cost-model random"
-        )
     source = options.selection.resolve()
     target = resolve_target(options.target)
     missing = devices.missing_device(target.kind, target.arch)
@@ -219,6 +212,13 @@ def tune(options: TuneOptions) -> TuneResult:
         raise TuningError(
             f"tuning for {target.key} measures every candidate on that device, and {missing}: run `tune` on "
             f"a machine with the GPU (`build` works here, with the records already in {options.schedules})"
+        )
+    # MetaSchedule imports xgboost only when it first trains the model, after the first batch of
+    # candidates has been built and measured: without this check that is minutes of device time lost.
+    if options.cost_model == "xgb" and importlib.util.find_spec("xgboost") is None:
+        raise TuningError(
+            "the xgb cost model needs xgboost, which is not installed here: install the project's "
+            "dependencies (pip install -e ., which brings xgboost-cpu), or tune with --cost-model random"
         )
     started = time.time()
     lowered = lower(import_onnx(source.model).mod, target, options.lowering).main

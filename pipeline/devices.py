@@ -30,10 +30,11 @@ def compile_environment(kind: str) -> None:
         import tvm.support.nvcc  # noqa: F401 - registers tvm_callback_cuda_compile
 
 
-def _imported_kinds(module) -> set[str]:
+def module_kinds(module) -> set[str]:
+    """The kinds of a runtime module and of everything it imports (a CUDA build: llvm, cuda)."""
     kinds = {module.kind}
     for imported in module.imports:
-        kinds |= _imported_kinds(imported)
+        kinds |= module_kinds(imported)
     return kinds
 
 
@@ -48,7 +49,7 @@ def inspect_device_code(library: Path, target_config: dict) -> DeviceCode:
             f"libcuda.so.1 can be built, or build on a machine with the NVIDIA driver"
         )
     try:
-        kinds = _imported_kinds(tvm.runtime.load_module(str(library)))
+        kinds = module_kinds(tvm.runtime.load_module(str(library)))
     except Exception as exc:  # TVM raises its own error types for modules it cannot load
         raise BuildError(f"{library} cannot be loaded back ({str(exc).strip().splitlines()[-1]})") from exc
     if "cuda" not in kinds:

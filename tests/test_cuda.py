@@ -7,7 +7,8 @@ import tvm
 import tvm_ffi
 
 from pipeline import cuda_driver, devices
-from pipeline.build import BuildOptions, build
+from pipeline.build import BuildOptions, build, compile_module
+from pipeline.conformance import case_model, load_cases
 from pipeline.errors import BuildError, DeviceError, TuningError
 from pipeline.graphs import GraphSelection
 from pipeline.importer import import_onnx
@@ -21,7 +22,7 @@ from pipeline.passes.default_gpu_schedule import (
 )
 from pipeline.runtime import load
 from pipeline.target import resolve_target
-from pipeline.tuning import TuneOptions, tune
+from pipeline.tuning import ScheduleStore, TuneOptions, tune
 from pipeline.verify import verify_artifact
 
 from .conftest import TINY_FRAMES, tiny_build_options
@@ -178,3 +179,12 @@ def test_cuda_build_with_the_large_gemm_tile_holds_device_code(tmp_path, empty_s
     result = build(options)  # on a GPU, also verified against onnxruntime
     assert result.manifest.device_code.format in ("fatbin", "ptx")
     assert result.passed if GPU_PRESENT else result.pending
+
+
+@needs_nvcc
+@pytest.mark.parametrize("case", [c for c in load_cases() if c.expect == "✓"], ids=lambda c: c.name)
+def test_every_conformance_case_compiles_for_cuda(case, empty_schedules):
+    """Every ConvTranspose variant (1-3-D, groups, dilations, pads) gets a GPU schedule nvcc accepts."""
+    target = resolve_target("cuda")
+    compiled = compile_module(import_onnx(case_model(case)).mod, target, ScheduleStore(target, empty_schedules))
+    assert "cuda" in devices.module_kinds(compiled.executable.mod)

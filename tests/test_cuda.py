@@ -188,3 +188,12 @@ def test_every_conformance_case_compiles_for_cuda(case, empty_schedules):
     target = resolve_target("cuda")
     compiled = compile_module(import_onnx(case_model(case)).mod, target, ScheduleStore(target, empty_schedules))
     assert "cuda" in devices.module_kinds(compiled.executable.mod)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("graph", ["convt1", "block1", "decoder"])
+def test_oobleck_graphs_compile_for_cuda(graph, empty_schedules):
+    target = resolve_target("cuda")
+    source = GraphSelection(graph=graph, config="tiny", latent_frames=TINY_FRAMES).resolve()
+    compiled = compile_module(import_onnx(source.model).mod, target, ScheduleStore(target, empty_schedules))
+    assert "cuda" in devices.module_kinds(compiled.executable.mod)

@@ -4,8 +4,9 @@ The GEMM gets a register-blocked micro-kernel: an accumulator tile of ROW_TILE o
 COLUMN_VECTORS vectors of positions stays in registers for the whole input-channel loop, and each
 channel step is ROW_TILE broadcasts from the packed weight (contiguous, see convtranspose_gemm)
 times COLUMN_VECTORS vector loads of the input. The outermost, parallel loop is:
-- rows, where the whole input fits in L2 and the weight is larger (the first Oobleck layer): the
-  input is first copied once into contiguous column panels, the weight streams from memory once;
+- rows, where the whole (zero-padded) input fits in L2 and the weight is larger (the first Oobleck
+  layer; on small chunks also the Conv1d of the first blocks): the input is first copied once
+  (into contiguous column panels where the positions allow), the weight streams from memory once;
 - position panels otherwise, inside blocks of rows whose weight fits in L2; each panel of the
   input is first copied to a contiguous buffer, because input rows a power-of-two apart collide
   in the same cache sets (without the copy convt5's GEMM ran at 19 GFLOP/s, with it 76-88).
@@ -90,7 +91,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
     # One loop each for rows and positions (the GEMM is written flat): fusing loops here would
     # make the accumulator's write-back region a bounding box that overwrites other tiles.
     batch, rows, positions, *reduction = sch.get_loops(block)
-    rows_outside = not padding and L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
+    rows_outside = L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     columns, lanes = _column_tile(_extent(sch, positions), row_tile)
     streams = 1
     tiles_per_group = int(packed_weight.source.shape[1])

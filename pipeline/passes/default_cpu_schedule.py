@@ -34,7 +34,7 @@ MIN_TILES_PER_BLOCK = 32
 # Where the GEMM streams its weight from memory once (rows outermost) over few positions, one
 # micro-kernel takes WEIGHT_STREAMS row tiles, i.e. that many weight streams 64 KB apart, and one
 # vector of positions. convt1's GEMM (16384 x 2048 weight) at 8 positions: 7.4 -> 3.8 ms, at 16:
-# 9.1 -> 4.4, at 32: 10.4 -> 8.2 (2-6 streams tried: 4 best); at 64 positions and more, the
+# 9.1 -> 4.4, at 32: 10.4 -> 8.2 (2, 3, 6 and 8 streams: slower); at 64 positions and more, the
 # single-stream tile with two vectors is as fast or faster.
 WEIGHT_STREAMS = 4
 STREAMING_MAX_POSITIONS = 64
@@ -92,10 +92,11 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
     # make the accumulator's write-back region a bounding box that overwrites other tiles.
     batch, rows, positions, *reduction = sch.get_loops(block)
     rows_outside = L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
-    columns, lanes = _column_tile(_extent(sch, positions), row_tile)
+    position_count = _extent(sch, positions)
+    columns, lanes = _column_tile(position_count, row_tile)
     streams = 1
     tiles_per_group = int(packed_weight.source.shape[1])
-    if rows_outside and _extent(sch, positions) < STREAMING_MAX_POSITIONS and tiles_per_group % WEIGHT_STREAMS == 0:
+    if rows_outside and position_count < STREAMING_MAX_POSITIONS and tiles_per_group % WEIGHT_STREAMS == 0:
         streams, columns = WEIGHT_STREAMS, lanes
     row_tiles, row = sch.split(rows, factors=[None, row_tile * streams])
     panels, column = sch.split(positions, factors=[None, columns])
@@ -155,8 +156,7 @@ def _schedule_col2im(sch: s_tir.Schedule) -> None:
         sch.compute_at(gather, rest[-1])
     else:
         _parallel_rows(sch, gather)
-    tap_rank = sum(1 for iv in sch.get(gather).iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
-    taps = sch.get_loops(gather)[-tap_rank:]
+    taps = sch.get_loops(gather)[-reduction_rank(sch, gather):]
     sch.decompose_reduction(gather, taps[0])
     for tap in taps:
         sch.unroll(tap)
@@ -170,6 +170,11 @@ _SCHEDULES = {
 # Kernels whose schedule here beats what MetaSchedule finds in a budget this machine can afford
 # (measured: 73-87 GFLOP/s against 18-46 after 32 trials per kernel), so tuning leaves them alone.
 FINAL_SCHEDULES = ("convt_gemm", "conv_gemm")
+
+
+def reduction_rank(sch: s_tir.Schedule, block) -> int:
+    """How many reduction iterators a block has (col2im: one tap loop per spatial dimension)."""
+    return sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
 
 
 def has_final_schedule(func: tirx.PrimFunc) -> bool:

@@ -22,7 +22,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .default_cpu_schedule import has_block
+from .default_cpu_schedule import has_block, reduction_rank
 
 THREADS_PER_BLOCK = 256
 # The large tile runs one block per multiprocessor (its 198 registers x 256 threads). A grid of
@@ -86,22 +86,18 @@ def _schedule_col2im(func: tirx.PrimFunc, _target: tvm.target.Target) -> s_tir.S
     outer = consumers[0] if len(consumers) == 1 else gather
     spatial = sch.get_loops(outer)
     if outer == gather:
-        spatial = spatial[: len(spatial) - _tap_rank(sch, gather)]
+        spatial = spatial[: len(spatial) - reduction_rank(sch, gather)]
     blocks, threads = sch.split(sch.fuse(*spatial), factors=[None, THREADS_PER_BLOCK])
     sch.bind(blocks, "blockIdx.x")
     sch.bind(threads, "threadIdx.x")
     if outer != gather:
         sch.compute_at(gather, threads)
         sch.set_scope(gather, 0, "local")
-    taps = sch.get_loops(gather)[-_tap_rank(sch, gather):]
+    taps = sch.get_loops(gather)[-reduction_rank(sch, gather):]
     sch.decompose_reduction(gather, taps[0])
     for tap in taps:
         sch.unroll(tap)
     return sch
-
-
-def _tap_rank(sch: s_tir.Schedule, gather) -> int:
-    return sum(1 for iv in sch.get(gather).iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
 
 
 _SCHEDULES = {

@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import TargetError, UnsupportedModelError
+from .importer import graph_inputs
 from .runtime import Timing, time_calls, wall_clock_ms
 
 
@@ -136,8 +137,7 @@ class TorchGraph:
             init.name: self.torch.from_numpy(numpy_helper.to_array(init).copy()).to(self.device)
             for init in self.model.graph.initializer
         }
-        initializers = set(self.weights)
-        self.input_names = [v.name for v in self.model.graph.input if v.name not in initializers]
+        self.input_names = [spec.name for spec in graph_inputs(self.model)]
         self.output_names = [v.name for v in self.model.graph.output]
 
     @classmethod

@@ -181,19 +181,21 @@ def test_cuda_build_with_the_large_gemm_tile_holds_device_code(tmp_path, empty_s
     assert result.passed if GPU_PRESENT else result.pending
 
 
+def _assert_compiles_for_cuda(model, schedules) -> None:
+    target = resolve_target("cuda")
+    compiled = compile_module(import_onnx(model).mod, target, ScheduleStore(target, schedules))
+    assert "cuda" in devices.module_kinds(compiled.executable.mod)
+
+
 @needs_nvcc
 @pytest.mark.parametrize("case", [c for c in load_cases() if c.expect == "✓"], ids=lambda c: c.name)
 def test_every_conformance_case_compiles_for_cuda(case, empty_schedules):
     """Every ConvTranspose variant (1-3-D, groups, dilations, pads) gets a GPU schedule nvcc accepts."""
-    target = resolve_target("cuda")
-    compiled = compile_module(import_onnx(case_model(case)).mod, target, ScheduleStore(target, empty_schedules))
-    assert "cuda" in devices.module_kinds(compiled.executable.mod)
+    _assert_compiles_for_cuda(case_model(case), empty_schedules)
 
 
 @needs_nvcc
 @pytest.mark.parametrize("graph", ["convt1", "block1", "decoder"])
 def test_oobleck_graphs_compile_for_cuda(graph, empty_schedules):
-    target = resolve_target("cuda")
-    source = GraphSelection(graph=graph, config="tiny", latent_frames=TINY_FRAMES).resolve()
-    compiled = compile_module(import_onnx(source.model).mod, target, ScheduleStore(target, empty_schedules))
-    assert "cuda" in devices.module_kinds(compiled.executable.mod)
+    _assert_compiles_for_cuda(GraphSelection(graph=graph, config="tiny", latent_frames=TINY_FRAMES).resolve().model,
+                              empty_schedules)

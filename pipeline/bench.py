@@ -23,7 +23,7 @@ from . import devices, torch_baseline
 from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
 from .cpu_threads import tvm_threads
-from .errors import DeviceError, TargetError
+from .errors import DeviceError, GraphError, TargetError
 from .graphs import GraphSelection, useful_flops
 from .runtime import Model, Timing, load, time_calls
 from .target import TargetSpec, host_cores, resolve_target
@@ -38,7 +38,9 @@ BASELINES = ("onnxruntime", "torch")
 
 @dataclass
 class BenchOptions:
+    # Named graphs, then the user's ONNX files (each row named after its file); at least one of the two.
     graphs: list[str]
+    onnx_files: list[Path] = field(default_factory=list)
     config: str = "sao"
     latent_frames: int = 128
     target: str | dict | TargetSpec = "cpu"
@@ -162,10 +164,20 @@ def _baseline_name(options: BenchOptions, target: TargetSpec) -> str:
     return name
 
 
-def _bench_graph(name: str, options: BenchOptions, target: TargetSpec, baseline_name: str):
+def _selections(options: BenchOptions) -> list[GraphSelection]:
+    selections = [
+        GraphSelection(graph=name, config=options.config, latent_frames=options.latent_frames)
+        for name in options.graphs
+    ]
+    selections += [GraphSelection(onnx=Path(path)) for path in options.onnx_files]
+    if not selections:
+        raise GraphError("nothing to bench: name a graph (--graph) or an ONNX file (--onnx)")
+    return selections
+
+
+def _bench_graph(selection: GraphSelection, options: BenchOptions, target: TargetSpec, baseline_name: str):
     base = BuildOptions(
-        selection=GraphSelection(graph=name, config=options.config, latent_frames=options.latent_frames),
-        target=target, out=options.artifacts, schedules=options.schedules, timing_repeats=1,
+        selection=selection, target=target, out=options.artifacts, schedules=options.schedules, timing_repeats=1,
     )
     ours = build(base)
     model = load(ours.artifact)
@@ -189,7 +201,7 @@ def _bench_graph(name: str, options: BenchOptions, target: TargetSpec, baseline_
         baseline_runs.append(baseline.time(inputs, options.repeats // 2 or 1))
     tuning = ours.manifest.tuning
     row = BenchRow(
-        name, gflop, Measurement.combined(tvm_runs), Measurement.combined(baseline_runs), stock,
+        ours.manifest.graph.name, gflop, Measurement.combined(tvm_runs), Measurement.combined(baseline_runs), stock,
         f"{len(tuning.tuned)}/{len(tuning.kernels)}", agreement.max_rel_error, note,
     )
     return row, baseline.describe()
@@ -210,6 +222,7 @@ def bench(options: BenchOptions) -> BenchReport:
     """Build (or rebuild) each graph, then time ours and the baseline side by side; write JSON, Markdown, PNG."""
     target = resolve_target(options.target)
     baseline_name = _baseline_name(options, target)
+    selections = _selections(options)
     missing = devices.missing_device(target.kind, target.arch)
     if missing is not None:
         raise DeviceError(
@@ -222,14 +235,16 @@ def bench(options: BenchOptions) -> BenchReport:
         peak, peak_what = torch_baseline.matmul_peak_gflops("cuda"), "torch fp32 matmul 8192^3 (TF32 off) on the GPU"
     log.info("peak: %.1f GFLOP/s (%s, best of 5)", peak, peak_what)
     rows, described = [], ""
-    for name in options.graphs:
-        row, described = _bench_graph(name, options, target, baseline_name)
-        log.info("%s: ours %.2f ms, %s %.2f ms, ratio %.2f", name, row.tvm.median_ms, baseline_name,
+    for selection in selections:
+        row, described = _bench_graph(selection, options, target, baseline_name)
+        log.info("%s: ours %.2f ms, %s %.2f ms, ratio %.2f", row.graph, row.tvm.median_ms, baseline_name,
                  row.baseline.median_ms, row.ratio_to_baseline)
         rows.append(row)
     report = BenchReport(
         rows, described, peak, peak_what, machine=_machine(target),
-        settings={"config": options.config, "latent_frames": options.latent_frames, "target": target.key,
+        settings={"config": options.config if options.graphs else None,
+                  "latent_frames": options.latent_frames if options.graphs else None,
+                  "onnx_files": [str(path) for path in options.onnx_files], "target": target.key,
                   "repeats": options.repeats},
     )
     write_report(report, options.out)
@@ -246,12 +261,17 @@ def _where(machine: dict) -> str:
     return f"{machine['threads']} CPU threads for ours and for the baseline"
 
 
+def _scope(settings: dict) -> str:
+    if settings.get("latent_frames") is None:
+        return ""
+    return f"T = {settings['latent_frames']} latent frames, config {settings['config']}, "
+
+
 def markdown_table(report: BenchReport) -> str:
     short = _short(report.baseline)
     lines = [
-        f"T = {report.settings['latent_frames']} latent frames, config {report.settings['config']}, target "
-        f"{report.settings['target']}, {_where(report.machine)}; baseline: {report.baseline}; "
-        f"peak {report.peak_gflops:.0f} GFLOP/s ({report.peak}, same run).",
+        f"{_scope(report.settings)}target {report.settings['target']}, {_where(report.machine)}; "
+        f"baseline: {report.baseline}; peak {report.peak_gflops:.0f} GFLOP/s ({report.peak}, same run).",
         "",
         f"| graph | useful GFLOP | ours ms (median [min–max]) | {short} ms | ours / {short} | ours GFLOP/s | % peak "
         f"| {short} GFLOP/s | {short} vs ours (max rel diff) | stock ms | tuned kernels |",
@@ -291,7 +311,7 @@ def write_report(report: BenchReport, out: Path) -> None:
     ax.axhline(report.peak_gflops, color="gray", linestyle="--", label="fp32 matmul peak (same run)")
     ax.set_xticks(xs, names)
     ax.set_ylabel("useful GFLOP/s")
-    ax.set_title(f"T={report.settings['latent_frames']}, {report.settings['target']}")
+    ax.set_title(f"{_scope(report.settings)}{report.settings['target']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "bench.png", dpi=120)

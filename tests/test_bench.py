@@ -5,7 +5,8 @@ import pytest
 import tvm
 
 from pipeline.bench import BenchOptions, bench
-from pipeline.errors import DeviceError, TargetError
+from pipeline.errors import DeviceError, GraphError, TargetError
+from pipeline.graphs import export_graph, make_graph
 
 
 def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
@@ -22,6 +23,25 @@ def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
     data = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert data["rows"][0]["ratio_to_baseline"] == row.ratio_to_baseline
     assert "| convt4 |" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_bench_takes_a_users_onnx_file(tmp_path, empty_schedules):
+    path = export_graph(make_graph("convt3", "tiny", 2), tmp_path / "my_upsampler.onnx")
+    report = bench(BenchOptions(
+        graphs=[], onnx_files=[path], schedules=empty_schedules,
+        artifacts=tmp_path / "artifacts", out=tmp_path / "bench", repeats=2,
+    ))
+    (row,) = report.rows
+    assert row.graph == "my_upsampler" and row.baseline_max_rel_error < 1e-4
+    # tiny convt3: 16 -> 8 channels, k8 s4, on 64·T = 128 positions
+    assert row.useful_gflop == pytest.approx(2 * 16 * 8 * 8 * 128 / 1e9)
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| my_upsampler |" in table and "latent frames" not in table
+
+
+def test_bench_with_nothing_to_time_says_what_to_name(tmp_path):
+    with pytest.raises(GraphError, match="--graph.*--onnx"):
+        bench(BenchOptions(graphs=[], out=tmp_path))
 
 
 def test_onnxruntime_is_no_baseline_for_a_gpu_build(tmp_path):

@@ -40,10 +40,14 @@ def test_build_verify_run(tmp_path, empty_schedules):
     assert np.load(tmp_path / "y.npy").shape == (1, 4, 4096)
 
 
-def test_build_from_onnx_path(tmp_path, empty_schedules):
+def test_build_and_bench_from_onnx_path(tmp_path, empty_schedules):
     cli("graphs", "--graph", "convt2", "--config", "tiny", "-T", "1", "--export", tmp_path / "mine.onnx")
     build = cli("build", "--onnx", tmp_path / "mine.onnx", "--out", tmp_path / "art", "--schedules", empty_schedules)
     assert any(line.startswith("mine ") and "✓" in line for line in build.stdout.splitlines())
+    bench = cli("bench", "--onnx", tmp_path / "mine.onnx", "--repeats", "2", "--out", tmp_path / "bench",
+                "--artifacts", tmp_path / "art",
+                "--schedules", empty_schedules)
+    assert "| mine |" in bench.stdout and "| convt" not in bench.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -21,6 +21,10 @@ HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", action="append", help="a named graph; repeat for more (default convt1..convt5)")
+    parser.add_argument(
+        "--onnx", action="append", type=Path, default=[],
+        help="an ONNX file with static input shapes (row named after the file); repeat for more",
+    )
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--latent-frames", "-T", type=int, default=DEFAULT_LATENT_FRAMES)
     parser.add_argument("--target", default="cpu", help="'cpu' (default), 'cuda', or a TVM target dict as JSON")
@@ -32,13 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--with-stock", action="store_true", help="also build and time TVM's stock lowering (slow)")
     parser.add_argument("--schedules", type=Path, default=SCHEDULES_DIR)
-    parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR / "bench")
+    parser.add_argument("--out", type=Path, default=ARTIFACTS_DIR / "bench", help="where the report goes")
+    parser.add_argument("--artifacts", type=Path, default=ARTIFACTS_DIR, help="where the builds it times go")
 
 
 def run(args: argparse.Namespace) -> int:
     report = bench(BenchOptions(
-        graphs=args.graph or list(DEFAULT_GRAPHS), config=args.config, latent_frames=args.latent_frames,
-        target=target_choice(args), schedules=args.schedules, out=args.out, repeats=args.repeats, with_stock=args.with_stock,
+        graphs=args.graph or ([] if args.onnx else list(DEFAULT_GRAPHS)), onnx_files=args.onnx,
+        config=args.config, latent_frames=args.latent_frames, target=target_choice(args), schedules=args.schedules,
+        artifacts=args.artifacts, out=args.out, repeats=args.repeats, with_stock=args.with_stock,
         baseline=args.baseline,
     ))
     print(markdown_table(report))

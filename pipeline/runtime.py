@@ -12,6 +12,7 @@ It needs nothing from the build: a fresh process with only this package and TVM 
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -28,6 +29,8 @@ from .cpu_threads import check_tvm_threads
 from .errors import ArtifactError, ArtifactVersionError, InputError, UnverifiedArtifactError
 from .devices import require_device
 from .importer import TensorSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ class Model:
             if tuple(array.shape) != tuple(spec.shape):
                 raise InputError(
                     f"input {spec.name!r} must have shape {list(spec.shape)}, got {list(array.shape)}; "
-                    f"this artifact is compiled for that shape: rebuild it for another (e.g. --latent-frames)"
+                    f"this artifact is compiled for that shape: rebuild it for another (e.g. --latent-frames), "
+                    f"or run a longer sequence in chunks (run_chunked, `run --chunk-overlap`)"
                 )
             tensors.append(tvm.runtime.tensor(np.ascontiguousarray(array), self.device))
         return tensors
@@ -140,6 +144,63 @@ class Model:
         result = evaluator(*args)
         per_call = [t * 1e3 for t in result.results]
         return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
+
+
+def chunk_starts(length: int, chunk: int, overlap: int) -> list[int]:
+    """Where each chunk of a sequence of `length` frames starts: every chunk − overlap frames, and
+    the last one ends at the end (as stable-audio-tools' chunked decode places them)."""
+    starts = list(range(0, length - chunk + 1, chunk - overlap))
+    if starts[-1] != length - chunk:
+        starts.append(length - chunk)
+    return starts
+
+
+def run_chunked(model: Model, x: np.ndarray, overlap: int) -> np.ndarray:
+    """Run a one-input, one-output sequence model compiled for chunks of T frames (the last axis)
+    on a sequence of any length L >= T, e.g. the decoder built for T = 128 on a whole song's latents.
+
+    Chunks of T frames start every T - overlap frames, the last ending at L. Where two chunks
+    overlap, the output is cut in the middle of the overlap, so every output kept lies at least
+    overlap // 2 frames inside its chunk and never sees the zero padding at a chunk's edge. The
+    result therefore equals one run over the whole sequence (to fp32 rounding) when overlap // 2
+    is at least the model's receptive radius: 9.3 latent frames for the Oobleck decoder, whose
+    chunked decode in stable-audio-tools uses overlap 32."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise InputError(
+            f"run_chunked takes a model with one input and one output; this one has {len(model.inputs)} and "
+            f"{len(model.outputs)}: call it on whole inputs instead"
+        )
+    (spec,), (out_spec,) = model.inputs, model.outputs
+    x = np.asarray(x)
+    chunk = spec.shape[-1]
+    if x.shape[:-1] != tuple(spec.shape[:-1]):
+        raise InputError(
+            f"input {spec.name!r} must have shape {list(spec.shape[:-1])} + [any length >= {chunk}], "
+            f"got {list(x.shape)}"
+        )
+    length = x.shape[-1]
+    if length < chunk:
+        raise InputError(
+            f"the input has {length} frames, fewer than the artifact's chunk of {chunk}: build the artifact "
+            f"for {length} frames (--latent-frames {length})"
+        )
+    if not 0 <= overlap < chunk:
+        raise InputError(f"the chunk overlap must be at least 0 and below the chunk of {chunk} frames, got {overlap}")
+    rate, remainder = divmod(out_spec.shape[-1], chunk)
+    if remainder or tuple(out_spec.shape[:-2]) != tuple(spec.shape[:-2]):
+        raise InputError(
+            f"this model maps {list(spec.shape)} to {list(out_spec.shape)}: its output is not the input's "
+            f"frames times a whole rate, so it cannot run in chunks"
+        )
+    starts = chunk_starts(length, chunk, overlap)
+    y = np.empty((*out_spec.shape[:-1], length * rate), dtype=out_spec.dtype)
+    for i, start in enumerate(starts):
+        keep_from = 0 if i == 0 else (starts[i - 1] + chunk + start) // 2
+        keep_to = length if i == len(starts) - 1 else (start + chunk + starts[i + 1]) // 2
+        (piece,) = model.run([x[..., start:start + chunk]])
+        y[..., keep_from * rate:keep_to * rate] = piece[..., (keep_from - start) * rate:(keep_to - start) * rate]
+        log.info("chunk %d/%d: frames %d-%d", i + 1, len(starts), start, start + chunk)
+    return y
 
 
 def load(path: Path | str, device: str | None = None, *, allow_unverified: bool = False) -> Model:

@@ -38,6 +38,10 @@ def test_build_verify_run(tmp_path, empty_schedules):
     np.save(tmp_path / "x.npy", x)
     cli("run", artifact, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")
     assert np.load(tmp_path / "y.npy").shape == (1, 4, 4096)
+    np.save(tmp_path / "long.npy", np.tile(x, 2)[..., :3000])
+    chunked = cli("run", artifact, "--input", tmp_path / "long.npy", "--output", tmp_path / "long_y.npy",
+                  "--chunk-overlap", "8")
+    assert "chunk 2/2" in chunked.stderr and np.load(tmp_path / "long_y.npy").shape == (1, 4, 6000)
 
 
 def test_build_and_bench_from_onnx_path(tmp_path, empty_schedules):

@@ -9,7 +9,9 @@ import pytest
 
 from pipeline.artifact import MANIFEST, PARAMS, read_manifest
 from pipeline.errors import ArtifactError, ArtifactIntegrityError, ArtifactVersionError, InputError
-from pipeline.runtime import load
+from pipeline.build import BuildOptions, build
+from pipeline.graphs import GraphSelection, make_graph
+from pipeline.runtime import chunk_starts, load, run_chunked
 from pipeline.verify import onnxruntime_outputs
 
 SHAPE = (1, 32, 16)  # tiny convt2 at T=2: 32 channels, 8 * T samples
@@ -92,3 +94,42 @@ def test_non_finite_inputs_pass_through(artifact):
     x[0, 0, 3] = np.nan
     y = model(x)
     assert np.isnan(y).any() and np.isfinite(y).any()
+
+
+def test_chunks_cover_the_sequence_and_the_last_ends_at_its_end():
+    assert chunk_starts(16, 16, 4) == [0]
+    assert chunk_starts(40, 16, 6) == [0, 10, 20, 24]
+    assert chunk_starts(36, 16, 6) == [0, 10, 20]
+
+
+def test_run_chunked_equals_one_run_over_the_whole_sequence(artifact):
+    """tiny convt2 (k16 s8) compiled for 16 frames, run on 40: each output sees at most 2 input frames."""
+    x = np.random.default_rng(3).standard_normal((1, 32, 40)).astype(np.float32)
+    y = run_chunked(load(artifact), x, overlap=6)
+    (expected,) = onnxruntime_outputs(make_graph("convt2", "tiny", latent_frames=5).model, {"x": x})
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_chunked_decoder_is_exact_once_the_overlap_covers_its_receptive_radius(tmp_path, empty_schedules):
+    """The decoder's receptive radius is 9.3 latent frames: overlap 20 keeps every output 10 frames
+    inside its chunk, overlap 4 does not, and there the chunk edges show."""
+    options = BuildOptions(GraphSelection(graph="decoder", config="tiny", latent_frames=24), out=tmp_path,
+                           schedules=empty_schedules, timing_repeats=1)
+    decoder = load(build(options).artifact)
+    latents = np.random.default_rng(4).standard_normal((1, 8, 50)).astype(np.float32)
+    (whole,) = onnxruntime_outputs(make_graph("decoder", "tiny", latent_frames=50).model, {"latents": latents})
+    scale = np.abs(whole).max()
+    exact = run_chunked(decoder, latents, overlap=20)
+    # 1e-4 is the build's verification tolerance; overlap 18 (9 frames inside) is 1e-3 off, overlap 4 0.5.
+    assert np.abs(exact - whole).max() <= 1e-4 * scale
+    assert np.abs(run_chunked(decoder, latents, overlap=4) - whole).max() > 1e-2 * scale
+
+
+def test_run_chunked_refuses_what_it_cannot_chunk(artifact):
+    model = load(artifact)
+    with pytest.raises(InputError, match="fewer than the artifact's chunk of 16.*--latent-frames 12"):
+        run_chunked(model, np.zeros((1, 32, 12), np.float32), overlap=4)
+    with pytest.raises(InputError, match="below the chunk of 16 frames, got 16"):
+        run_chunked(model, np.zeros((1, 32, 40), np.float32), overlap=16)
+    with pytest.raises(InputError, match=r"\[1, 32\] \+ \[any length >= 16\]"):
+        run_chunked(model, np.zeros((1, 31, 40), np.float32), overlap=4)

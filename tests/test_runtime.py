@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.artifact import MANIFEST, PARAMS, read_manifest
-from pipeline.errors import ArtifactError, ArtifactIntegrityError, ArtifactVersionError, InputError
 from pipeline.build import BuildOptions, build
+from pipeline.errors import ArtifactError, ArtifactIntegrityError, ArtifactVersionError, InputError
 from pipeline.graphs import GraphSelection, make_graph
 from pipeline.runtime import chunk_starts, load, run_chunked
 from pipeline.verify import onnxruntime_outputs

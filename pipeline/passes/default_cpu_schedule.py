@@ -20,6 +20,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.schedule import ScheduleError
 
 from .convtranspose_gemm import ROW_TILE
+from .kernel_blocks import first_block_named, reduction_rank
 
 VECTOR_LANES = 16
 COLUMN_VECTORS = 2
@@ -172,22 +173,8 @@ _SCHEDULES = {
 FINAL_SCHEDULES = ("convt_gemm", "conv_gemm")
 
 
-def reduction_rank(sch: s_tir.Schedule, block) -> int:
-    """How many reduction iterators a block has (col2im: one tap loop per spatial dimension)."""
-    return sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.CommReduce)
-
-
 def has_final_schedule(func: tirx.PrimFunc) -> bool:
-    sch = s_tir.Schedule(func)
-    return any(has_block(sch, name) for name in FINAL_SCHEDULES)
-
-
-def has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except ScheduleError:  # no block of that name in this kernel
-        return False
-    return True
+    return first_block_named(s_tir.Schedule(func), FINAL_SCHEDULES) is not None
 
 
 def _schedule_elementwise(sch: s_tir.Schedule) -> None:
@@ -215,10 +202,10 @@ def _is_elementwise(sch: s_tir.Schedule) -> bool:
 def _schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     """`func` with our schedule, or None where we have none for it."""
     sch = s_tir.Schedule(func)
-    for name, schedule in _SCHEDULES.items():
-        if has_block(sch, name):
-            schedule(sch)
-            return sch.mod["main"]
+    name = first_block_named(sch, _SCHEDULES)
+    if name is not None:
+        _SCHEDULES[name](sch)
+        return sch.mod["main"]
     if not _is_elementwise(sch):
         return None
     try:

@@ -22,7 +22,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .default_cpu_schedule import has_block, reduction_rank
+from .kernel_blocks import first_block_named, reduction_rank
 
 THREADS_PER_BLOCK = 256
 # The large tile runs one block per multiprocessor (its 198 registers x 256 threads). A grid of
@@ -108,12 +108,11 @@ _SCHEDULES = {
 
 
 def _our_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
-    sch = s_tir.Schedule(func)
-    for name, schedule in _SCHEDULES.items():
-        if has_block(sch, name):
-            scheduled = schedule(func, target)
-            return None if scheduled is None else scheduled.mod["main"]
-    return None
+    name = first_block_named(s_tir.Schedule(func), _SCHEDULES)
+    if name is None:
+        return None
+    scheduled = _SCHEDULES[name](func, target)
+    return None if scheduled is None else scheduled.mod["main"]
 
 
 @tvm.transform.module_pass(opt_level=0, name="DefaultGPUSchedule")

@@ -10,6 +10,8 @@ times COLUMN_VECTORS vector loads of the input. The outermost, parallel loop is:
 - position panels otherwise, inside blocks of rows whose weight fits in L2; each panel of the
   input is first copied to a contiguous buffer, because input rows a power-of-two apart collide
   in the same cache sets (without the copy convt5's GEMM ran at 19 GFLOP/s, with it 76-88).
+  Without a halo (ConvTranspose, Conv1d k1) a panel spans several micro-kernel panels, stored one
+  after another, so the copy and the epilogue walk long runs of each row (see PANEL_BUDGET_BYTES).
 MetaSchedule records, where present, replace it: kernels marked `tirx.is_scheduled` are left alone.
 """
 
@@ -31,6 +33,15 @@ L2_BUDGET_BYTES = 1 << 20
 # more than the weight's cache misses (a 1024-channel k7 Conv1d with 4 tiles ran at 55 GFLOP/s).
 MIN_TILES_PER_BLOCK = 32
 
+
+# Where the input panels go outermost, one panel copied at a time holds several micro-kernel
+# column panels (subpanels) up to this size, and each row tile sweeps them all. The copy and the
+# epilogue (bias, residual add, store) then run along 32 x subpanels contiguous positions of each
+# row instead of 32: per-kernel times at T = 32, block5's Conv1d k1 (128 channels) 14.4 -> 8.1
+# ms, its ConvTranspose GEMM 16.9 -> 12.6; block4's k1 6.9 -> 4.0, block3's 4.1 -> 3.4. 256 KiB
+# was as good on block4 and slower on block5, 1 MiB slower on block4.
+PANEL_BUDGET_BYTES = 512 << 10
+MIN_PANELS_PER_CORE = 4
 
 # Where the GEMM streams its weight from memory once (rows outermost) over few positions, one
 # micro-kernel takes WEIGHT_STREAMS row tiles, i.e. that many weight streams 64 KB apart, and one
@@ -79,7 +90,21 @@ def _column_tile(positions: int, rows: int) -> tuple[int, int]:
     return lanes * vectors, lanes
 
 
-def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
+def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int) -> int:
+    """How many micro-kernel column panels one copied input panel holds: a power of two that
+    divides the column tiles, keeps the copy within PANEL_BUDGET_BYTES and leaves at least
+    MIN_PANELS_PER_CORE panels, the parallel loop, per core."""
+    count = 1
+    while (
+        2 * count * subpanel_bytes <= PANEL_BUDGET_BYTES
+        and column_tiles % (2 * count) == 0
+        and column_tiles // (2 * count) >= MIN_PANELS_PER_CORE * cores
+    ):
+        count *= 2
+    return count
+
+
+def _schedule_gemm(sch: s_tir.Schedule, name: str, cores: int) -> None:
     """Also for conv_gemm, whose kernel holds a zero-padding stage before the GEMM (inlined into
     the panel copy) and the fused elementwise ops after it (bias, Snake, residual add), which are
     inlined into one stage computed per tile, while the tile is in cache."""
@@ -100,23 +125,31 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str) -> None:
     if rows_outside and position_count < STREAMING_MAX_POSITIONS and tiles_per_group % WEIGHT_STREAMS == 0:
         streams, columns = WEIGHT_STREAMS, lanes
     row_tiles, row = sch.split(rows, factors=[None, row_tile * streams])
-    panels, column = sch.split(positions, factors=[None, columns])
     if rows_outside:
+        panels, column = sch.split(positions, factors=[None, columns])
         outer, inner = row_tiles, panels
         sch.reorder(batch, outer, inner, *reduction, row, column)
     else:
         channels = int(packed_weight.source.shape[2])
+        # A Conv1d with taps reads past its panel's edge (a halo), and its panels cannot be cut
+        # into disjoint subpanels; its k7 GEMMs measured no faster with wide copied panels anyway.
+        halo_free = int(data.source.shape[-1]) == position_count
+        subpanel_bytes = channels * columns * _element_bytes(data)
+        subpanels = _subpanels(position_count // columns, subpanel_bytes, cores) if halo_free else 1
+        panels, subpanel, column = sch.split(positions, factors=[None, subpanels, columns])
         tiles_per_block = max(
             MIN_TILES_PER_BLOCK, L2_BUDGET_BYTES // (channels * row_tile * _element_bytes(packed_weight))
         )
         row_blocks, row_tiles = sch.split(row_tiles, factors=[None, tiles_per_block])
-        outer, inner = panels, row_tiles
-        sch.reorder(row_blocks, batch, outer, inner, *reduction, row, column)
+        outer, inner = panels, subpanel
+        sch.reorder(row_blocks, batch, outer, row_tiles, subpanel, *reduction, row, column)
     sch.parallel(sch.fuse(batch, outer))
     panel = sch.cache_read(block, 0, "global")
     for stage in padding:
         sch.compute_inline(stage)
     if not rows_outside:
+        if subpanels > 1:
+            sch.transform_layout(panel, ("write", 0), lambda n, c, p: (n, p // columns, c, p % columns))
         sch.compute_at(panel, sch.get_loops(block)[1])
     elif _extent(sch, positions_loop := sch.get_loops(panel)[-1]) % columns == 0:
         # One copy of the whole input, column panels contiguous: each micro-kernel then reads one
@@ -164,9 +197,9 @@ def _schedule_col2im(sch: s_tir.Schedule) -> None:
 
 
 _SCHEDULES = {
-    "convt_gemm": lambda sch: _schedule_gemm(sch, "convt_gemm"),
-    "conv_gemm": lambda sch: _schedule_gemm(sch, "conv_gemm"),
-    "convt_col2im": _schedule_col2im,
+    "convt_gemm": lambda sch, cores: _schedule_gemm(sch, "convt_gemm", cores),
+    "conv_gemm": lambda sch, cores: _schedule_gemm(sch, "conv_gemm", cores),
+    "convt_col2im": lambda sch, _cores: _schedule_col2im(sch),
 }
 # Kernels whose schedule here beats what MetaSchedule finds in a budget this machine can afford
 # (measured: 73-87 GFLOP/s against 18-46 after 32 trials per kernel), so tuning leaves them alone.
@@ -199,12 +232,12 @@ def _is_elementwise(sch: s_tir.Schedule) -> bool:
     )
 
 
-def _schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
-    """`func` with our schedule, or None where we have none for it."""
+def _schedule(func: tirx.PrimFunc, cores: int) -> tirx.PrimFunc | None:
+    """`func` with our schedule for `cores` threads, or None where we have none for it."""
     sch = s_tir.Schedule(func)
     name = first_block_named(sch, _SCHEDULES)
     if name is not None:
-        _SCHEDULES[name](sch)
+        _SCHEDULES[name](sch, cores)
         return sch.mod["main"]
     if not _is_elementwise(sch):
         return None
@@ -218,14 +251,18 @@ def _schedule(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
 @tvm.transform.module_pass(opt_level=0, name="DefaultCPUSchedule")
 class DefaultCPUSchedule:
     """Schedule every kernel without a tuning record that we know how to: the GEMMs, col2im and
-    elementwise kernels. Others (if any) are left to TVM's default lowering."""
+    elementwise kernels, for `cores` threads (the target's num-cores). Others (if any) are left to
+    TVM's default lowering."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updated = {}
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
-            scheduled = _schedule(func)
+            scheduled = _schedule(func, self.cores)
             if scheduled is not None:
                 updated[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         for gv, func in updated.items():

@@ -125,7 +125,7 @@ def compile_module(
     lowered = lower(mod, target, lowering)
     scheduled, applied = store.apply(lowered.main)
     if target.kind == "llvm":
-        scheduled = DefaultCPUSchedule(target.config["num-cores"])(scheduled)
+        scheduled = DefaultCPUSchedule(target.tvm_target())(scheduled)
     else:
         with target.tvm_target():
             scheduled = DefaultGPUSchedule()(scheduled)

@@ -1,8 +1,55 @@
-"""The CPU GEMM schedule's choice of input panel width (see PANEL_BUDGET_BYTES)."""
+"""The CPU GEMM schedule's choices: the micro-kernel for the target's vector registers, the
+weight streams on few positions, the width of the input panels."""
 
-from pipeline.passes.default_cpu_schedule import MIN_PANELS_PER_CORE, PANEL_BUDGET_BYTES, _subpanels
+import pytest
+import tvm
+
+from pipeline.build import build
+from pipeline.passes.default_cpu_schedule import (
+    MIN_PANELS_PER_CORE,
+    PANEL_BUDGET_BYTES,
+    VectorUnit,
+    _subpanels,
+    micro_kernel,
+    weight_streams,
+)
+
+from .conftest import tiny_build_options
 
 SUBPANEL_128_CHANNELS = 128 * 32 * 4  # 32 positions of 128 fp32 channels
+AVX512 = VectorUnit.of(tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake"}))
+AVX2 = VectorUnit.of(tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}))
+SSE = VectorUnit.of(tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"}))
+
+
+def test_the_vector_unit_follows_the_target():
+    assert (AVX512.lanes, AVX512.registers) == (16, 32)
+    assert (AVX2.lanes, AVX2.registers) == (8, 16)
+    assert (SSE.lanes, SSE.registers) == (4, 16)
+    arm = VectorUnit.of(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}))
+    assert (arm.lanes, arm.registers) == (4, 32)
+
+
+def test_the_micro_kernel_is_sized_to_the_registers():
+    assert (micro_kernel(2048, 8, AVX512).rows, micro_kernel(2048, 8, AVX512).columns) == (8, 32)
+    assert (micro_kernel(2048, 8, AVX2).rows, micro_kernel(2048, 8, AVX2).columns) == (4, 16)
+    for unit in (AVX512, AVX2, SSE):
+        for positions in (8, 24, 2048, 8192 + 8):
+            for row_tile in (8, 4, 2):
+                tile = micro_kernel(positions, row_tile, unit)
+                assert positions % tile.columns == 0 and tile.columns % tile.lanes == 0
+                assert tile.rows * tile.columns // tile.lanes <= unit.accumulators
+                assert tile.lanes <= unit.lanes and row_tile % tile.rows == 0
+
+
+def test_a_short_row_tile_gets_more_vectors():
+    assert micro_kernel(2048, 2, AVX512).columns == 8 * 16
+    assert micro_kernel(2048, 2, AVX2).columns == 4 * 8
+
+
+def test_weight_streams_fill_the_registers():
+    assert weight_streams(8, AVX512) == 4
+    assert weight_streams(8, AVX2) == 2
 
 
 def test_a_panel_grows_to_the_budget():
@@ -18,3 +65,12 @@ def test_a_panel_divides_the_positions():
 def test_every_core_keeps_panels_to_run():
     assert [_subpanels(512, SUBPANEL_128_CHANNELS, cores) for cores in (2, 16, 64, 128)] == [32, 8, 2, 1]
     assert 512 // 8 >= MIN_PANELS_PER_CORE * 16
+
+
+@pytest.mark.parametrize("graph", ["block3", "decoder"])
+def test_a_micro_kernel_of_part_of_a_row_tile_is_exact(tmp_path, empty_schedules, graph):
+    """Generic x86-64 (SSE: 16 registers) takes each 8-row tile in two 4-row parts, whatever this
+    machine's own vector unit is; every x86-64 machine runs that code."""
+    target = {"kind": "llvm", "mcpu": "x86-64", "num-cores": 2}
+    result = build(tiny_build_options(tmp_path, empty_schedules, graph, target=target))
+    assert result.passed, result.manifest.verification

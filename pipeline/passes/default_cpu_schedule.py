@@ -1,9 +1,11 @@
 """Our CPU schedules for kernels where no tuning record applies: the GEMMs, col2im, elementwise.
 
-The GEMM gets a register-blocked micro-kernel: an accumulator tile of ROW_TILE output rows x
-COLUMN_VECTORS vectors of positions stays in registers for the whole input-channel loop, and each
-channel step is ROW_TILE broadcasts from the packed weight (contiguous, see convtranspose_gemm)
-times COLUMN_VECTORS vector loads of the input. The outermost, parallel loop is:
+The GEMM gets a register-blocked micro-kernel: an accumulator tile of output rows x COLUMN_VECTORS
+vectors of positions stays in registers for the whole input-channel loop, and each channel step is
+one broadcast per row from the packed weight (contiguous, see convtranspose_gemm) times
+COLUMN_VECTORS vector loads of the input. The tile is sized to the target's vector registers
+(VectorUnit): 8 rows x 2 vectors of 16 lanes with AVX-512, 4 rows x 2 vectors of 8 with AVX2.
+The outermost, parallel loop is:
 - rows, where the whole (zero-padded) input fits in L2 and the weight is larger (the first Oobleck
   layer; on small chunks also the Conv1d of the first blocks): the input is first copied once
   (into contiguous column panels where the positions allow), the weight streams from memory once;
@@ -17,15 +19,52 @@ MetaSchedule records, where present, replace it: kernels marked `tirx.is_schedul
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import ScheduleError
+from tvm.target import codegen
 
-from .convtranspose_gemm import ROW_TILE
 from .kernel_blocks import first_block_named, reduction_rank
 
-VECTOR_LANES = 16
 COLUMN_VECTORS = 2
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """The fp32 SIMD registers of a CPU target: `lanes` per register, `registers` of them; and
+    below how many positions a GEMM that streams its weight once does better with one micro-kernel
+    per several weight streams (see weight_streams), as measured: 64 on a Rocket Lake (AVX-512),
+    16 on a Zen 3 (AVX2: convt1's GEMM at 8 positions 7.9 -> 5.9 ms, at 16 10.2 against 11.6)."""
+
+    lanes: int
+    registers: int
+    streaming_below: int
+
+    @classmethod
+    def of(cls, target: tvm.target.Target) -> VectorUnit:
+        if codegen.target_has_features("avx512f", target):
+            return cls(lanes=16, registers=32, streaming_below=64)
+        if codegen.target_has_features("avx", target):
+            return cls(lanes=8, registers=16, streaming_below=16)
+        if str(target.attrs.get("mtriple", "")).startswith("aarch64") or codegen.target_has_features("neon", target):
+            return cls(lanes=4, registers=32, streaming_below=16)
+        return cls(lanes=4, registers=16, streaming_below=8)
+
+    @property
+    def accumulators(self) -> int:
+        """Registers the GEMM tile may hold: half of them, the rest carry the operands and
+        addresses. A full tile with AVX2 (8 rows x 2 vectors: 16 of its 16 registers) spilled:
+        convt3's GEMM at T = 32 took 54 ms on a Zen 3, against 25-29 ms with 4 rows x 2 vectors
+        and 51 with 8 rows x 1 vector (as many accumulators, but a broadcast per multiply-add)."""
+        return self.registers // 2
+
+    @property
+    def micro_rows(self) -> int:
+        return self.accumulators // COLUMN_VECTORS
+
+
 # Half of the 2 MiB per-core L2 of the machines we measured on; the rest holds an input panel
 # and what streams through. 0.5 MiB measured slower on convt3/convt4, 2 MiB no better.
 L2_BUDGET_BYTES = 1 << 20
@@ -42,14 +81,6 @@ MIN_TILES_PER_BLOCK = 32
 # was as good on block4 and slower on block5, 1 MiB slower on block4.
 PANEL_BUDGET_BYTES = 512 << 10
 MIN_PANELS_PER_CORE = 4
-
-# Where the GEMM streams its weight from memory once (rows outermost) over few positions, one
-# micro-kernel takes WEIGHT_STREAMS row tiles, i.e. that many weight streams 64 KB apart, and one
-# vector of positions. convt1's GEMM (16384 x 2048 weight) at 8 positions: 7.4 -> 3.8 ms, at 16:
-# 9.1 -> 4.4, at 32: 10.4 -> 8.2 (2, 3, 6 and 8 streams: slower); at 64 positions and more, the
-# single-stream tile with two vectors is as fast or faster.
-WEIGHT_STREAMS = 4
-STREAMING_MAX_POSITIONS = 64
 
 
 def _parallel_rows(sch: s_tir.Schedule, block) -> list:
@@ -74,20 +105,38 @@ def _bytes(region) -> int:
     return count * _element_bytes(region)
 
 
-def _column_tile(positions: int, rows: int) -> tuple[int, int]:
-    """(columns, lanes) of the micro-kernel: vectors of up to VECTOR_LANES lanes, all dividing the
-    positions. A partial vector would put a bounds test in the innermost loop and LLVM then emits
-    scalar code: convt1's GEMM on a chunk of 8 latent frames (8 positions) ran at 46 GFLOP/s with
-    16-lane vectors, at 61 with 8-lane ones (where its 128 MB weight stream bounds it).
-    COLUMN_VECTORS vectors for a full row tile; where the rows are fewer (a Conv1d to 2 channels),
-    more vectors, so the tile still holds ROW_TILE * COLUMN_VECTORS accumulators."""
-    lanes = VECTOR_LANES
+@dataclass(frozen=True)
+class MicroKernel:
+    """rows x columns outputs accumulated in registers, the columns as vectors of `lanes`."""
+
+    rows: int
+    columns: int
+    lanes: int
+
+
+def micro_kernel(positions: int, row_tile: int, unit: VectorUnit) -> MicroKernel:
+    """Vectors of up to unit.lanes lanes, all dividing the positions. A partial vector would put a
+    bounds test in the innermost loop and LLVM then emits scalar code: convt1's GEMM on a chunk of
+    8 latent frames (8 positions) ran at 46 GFLOP/s with 16-lane vectors, at 61 with 8-lane ones
+    (where its 128 MB weight stream bounds it). As many vectors as the unit's accumulators allow
+    for the rows: where a row tile is short (a Conv1d to 2 channels), more vectors."""
+    rows = min(row_tile, unit.micro_rows)
+    lanes = unit.lanes
     while lanes > 1 and positions % lanes:
         lanes //= 2
-    vectors = max(COLUMN_VECTORS, ROW_TILE * COLUMN_VECTORS // rows)
+    vectors = max(1, unit.accumulators // rows)
     while vectors > 1 and positions % (lanes * vectors):
         vectors //= 2
-    return lanes * vectors, lanes
+    return MicroKernel(rows, lanes * vectors, lanes)
+
+
+def weight_streams(row_tile: int, unit: VectorUnit) -> int:
+    """Where the GEMM streams its weight from memory once (rows outermost) over few positions, one
+    micro-kernel takes this many row tiles, i.e. weight streams 64 KB apart, and one vector of
+    positions: one accumulator per register. With AVX-512, 4 streams: convt1's GEMM (16384 x 2048
+    weight) at 8 positions 7.4 -> 3.8 ms, at 16 9.1 -> 4.4, at 32 10.4 -> 8.2 (2, 3, 6 and 8
+    streams: slower). With AVX2, 2 streams: at 8 positions 7.3 -> 5.9-6.7 ms (4 streams: 7.8)."""
+    return max(1, unit.registers // row_tile)
 
 
 def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int) -> int:
@@ -104,7 +153,7 @@ def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int) -> int:
     return count
 
 
-def _schedule_gemm(sch: s_tir.Schedule, name: str, cores: int) -> None:
+def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int) -> None:
     """Also for conv_gemm, whose kernel holds a zero-padding stage before the GEMM (inlined into
     the panel copy) and the fused elementwise ops after it (bias, Snake, residual add), which are
     inlined into one stage computed per tile, while the tile is in cache."""
@@ -119,16 +168,24 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, cores: int) -> None:
     batch, rows, positions, *reduction = sch.get_loops(block)
     rows_outside = L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     position_count = _extent(sch, positions)
-    columns, lanes = _column_tile(position_count, row_tile)
-    streams = 1
+    tile = micro_kernel(position_count, row_tile, unit)
+    columns, lanes, micro_rows = tile.columns, tile.lanes, tile.rows
+    streams = weight_streams(row_tile, unit)
     tiles_per_group = int(packed_weight.source.shape[1])
-    if rows_outside and position_count < STREAMING_MAX_POSITIONS and tiles_per_group % WEIGHT_STREAMS == 0:
-        streams, columns = WEIGHT_STREAMS, lanes
+    if rows_outside and position_count < unit.streaming_below and tiles_per_group % streams == 0:
+        columns, micro_rows = lanes, row_tile * streams
+    else:
+        streams = 1
     row_tiles, row = sch.split(rows, factors=[None, row_tile * streams])
+    # Where the unit holds fewer rows than a packed tile, the micro-kernel takes the tile in parts.
+    row_parts = []
+    if micro_rows < row_tile * streams:
+        part, row = sch.split(row, factors=[None, micro_rows])
+        row_parts.append(part)
     if rows_outside:
         panels, column = sch.split(positions, factors=[None, columns])
         outer, inner = row_tiles, panels
-        sch.reorder(batch, outer, inner, *reduction, row, column)
+        sch.reorder(batch, outer, inner, *row_parts, *reduction, row, column)
     else:
         channels = int(packed_weight.source.shape[2])
         # A Conv1d with taps reads past its panel's edge (a halo), and its panels cannot be cut
@@ -142,7 +199,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, cores: int) -> None:
         )
         row_blocks, row_tiles = sch.split(row_tiles, factors=[None, tiles_per_block])
         outer, inner = panels, subpanel
-        sch.reorder(row_blocks, batch, outer, row_tiles, subpanel, *reduction, row, column)
+        sch.reorder(row_blocks, batch, outer, row_tiles, subpanel, *row_parts, *reduction, row, column)
     sch.parallel(sch.fuse(batch, outer))
     panel = sch.cache_read(block, 0, "global")
     for stage in padding:
@@ -159,14 +216,15 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, cores: int) -> None:
         panel_index, column_index = sch.split(positions_loop, factors=[None, columns])
         sch.reorder(n, panel_index, c, column_index)
         sch.parallel(sch.fuse(n, panel_index))
+    tile_loop = row_parts[0] if row_parts else inner
     accumulator = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(accumulator, inner)
+    sch.reverse_compute_at(accumulator, tile_loop)
     for stage in epilogue[:-1]:
         sch.compute_inline(sch.get_sblock(stage))
     copies = [panel, accumulator]
     if epilogue:
         copies.append(sch.get_sblock(epilogue[-1]))
-        sch.reverse_compute_at(copies[-1], inner)
+        sch.reverse_compute_at(copies[-1], tile_loop)
     vectors, lane = sch.split(column, factors=[None, lanes])
     sch.unroll(row)
     sch.unroll(vectors)
@@ -197,9 +255,9 @@ def _schedule_col2im(sch: s_tir.Schedule) -> None:
 
 
 _SCHEDULES = {
-    "convt_gemm": lambda sch, cores: _schedule_gemm(sch, "convt_gemm", cores),
-    "conv_gemm": lambda sch, cores: _schedule_gemm(sch, "conv_gemm", cores),
-    "convt_col2im": lambda sch, _cores: _schedule_col2im(sch),
+    "convt_gemm": lambda sch, unit, cores: _schedule_gemm(sch, "convt_gemm", unit, cores),
+    "conv_gemm": lambda sch, unit, cores: _schedule_gemm(sch, "conv_gemm", unit, cores),
+    "convt_col2im": lambda sch, _unit, _cores: _schedule_col2im(sch),
 }
 # Kernels whose schedule here beats what MetaSchedule finds in a budget this machine can afford
 # (measured: 73-87 GFLOP/s against 18-46 after 32 trials per kernel), so tuning leaves them alone.
@@ -210,7 +268,7 @@ def has_final_schedule(func: tirx.PrimFunc) -> bool:
     return first_block_named(s_tir.Schedule(func), FINAL_SCHEDULES) is not None
 
 
-def _schedule_elementwise(sch: s_tir.Schedule) -> None:
+def _schedule_elementwise(sch: s_tir.Schedule, unit: VectorUnit) -> None:
     """Kernels without a reduction (the fused Snake activations, reshapes): everything inlined into
     the last stage, whose flattened loop runs vectorized and in parallel. Raises ScheduleError where
     a stage cannot be inlined; the kernel then stays as TVM wrote it."""
@@ -218,8 +276,8 @@ def _schedule_elementwise(sch: s_tir.Schedule) -> None:
     for stage in stages:
         sch.compute_inline(stage)
     flat = sch.fuse(*sch.get_loops(output))
-    if _extent(sch, flat) % VECTOR_LANES == 0:
-        chunks, lanes = sch.split(flat, factors=[None, VECTOR_LANES])
+    if _extent(sch, flat) % unit.lanes == 0:
+        chunks, lanes = sch.split(flat, factors=[None, unit.lanes])
         sch.vectorize(lanes)
         flat = chunks
     sch.parallel(flat)
@@ -232,17 +290,17 @@ def _is_elementwise(sch: s_tir.Schedule) -> bool:
     )
 
 
-def _schedule(func: tirx.PrimFunc, cores: int) -> tirx.PrimFunc | None:
-    """`func` with our schedule for `cores` threads, or None where we have none for it."""
+def _schedule(func: tirx.PrimFunc, unit: VectorUnit, cores: int) -> tirx.PrimFunc | None:
+    """`func` with our schedule for `unit` and `cores` threads, or None where we have none for it."""
     sch = s_tir.Schedule(func)
     name = first_block_named(sch, _SCHEDULES)
     if name is not None:
-        _SCHEDULES[name](sch, cores)
+        _SCHEDULES[name](sch, unit, cores)
         return sch.mod["main"]
     if not _is_elementwise(sch):
         return None
     try:
-        _schedule_elementwise(sch)
+        _schedule_elementwise(sch, unit)
     except ScheduleError:
         return None
     return sch.mod["main"]
@@ -251,18 +309,19 @@ def _schedule(func: tirx.PrimFunc, cores: int) -> tirx.PrimFunc | None:
 @tvm.transform.module_pass(opt_level=0, name="DefaultCPUSchedule")
 class DefaultCPUSchedule:
     """Schedule every kernel without a tuning record that we know how to: the GEMMs, col2im and
-    elementwise kernels, for `cores` threads (the target's num-cores). Others (if any) are left to
-    TVM's default lowering."""
+    elementwise kernels, for an LLVM `target`: its vector registers and its num-cores threads.
+    Others (if any) are left to TVM's default lowering."""
 
-    def __init__(self, cores: int) -> None:
-        self.cores = cores
+    def __init__(self, target: tvm.target.Target) -> None:
+        self.unit = VectorUnit.of(target)
+        self.cores = int(target.attrs["num-cores"])
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updated = {}
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
-            scheduled = _schedule(func, self.cores)
+            scheduled = _schedule(func, self.unit, self.cores)
             if scheduled is not None:
                 updated[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         for gv, func in updated.items():

@@ -224,11 +224,11 @@ def bench(options: BenchOptions) -> BenchReport:
     target = resolve_target(options.target)
     baseline_name = _baseline_name(options, target)
     selections = _selections(options)
-    missing = devices.missing_device(target.kind, target.arch)
+    missing = devices.missing_device(target.config)
     if missing is not None:
         raise DeviceError(
-            f"bench times ours and the baseline on the {target.kind} device, and {missing}: run it on a "
-            f"machine with the GPU (`build --target {target.kind}` works here, unverified until then)"
+            f"bench times ours and the baseline on the target's device, and {missing}: run it on "
+            f"{devices.runs_on(target.config)} (`build` works here, unverified until then)"
         )
     if target.kind == "llvm":
         measure_peak, peak_what = measure_peak_gflops, "numpy fp32 matmul 2048^3 on the CPU"

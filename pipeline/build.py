@@ -175,11 +175,11 @@ def build(options: BuildOptions) -> BuildResult:
             library=library.name,
             device_code=device_code,
         )
-        missing = devices.missing_device(target.kind, target.arch)
+        missing = devices.missing_device(target.config)
         if missing is not None:
             manifest = dataclasses.replace(
                 manifest, verification_pending=f"not verified at build time: {missing}; run `python -m "
-                f"pipeline verify <artifact>` on a machine with the GPU",
+                f"pipeline verify <artifact>` on {devices.runs_on(target.config)}",
             )
             write_manifest(stage.dir, manifest)
             log.warning("%s for %s is built but not verified: %s", source.name, target.key, missing)

@@ -1,7 +1,9 @@
-"""GPU targets: the device code a built library holds, and whether this machine can run it.
+"""Whether this machine can run a build for a target, and the device code a GPU build holds.
 
 A CUDA build must hold code the driver loads (a fatbin, or PTX it can JIT), never only kernel
 source: TVM falls back to source silently when its CUDA runtime cannot load (see cuda_driver).
+A CPU build for another CPU (built here for a server with AVX-512, say) must not run here: its
+first vector instruction would kill the process with SIGILL, nothing said.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 from pathlib import Path
 
 import tvm
+from tvm.target import codegen
 
 from . import cuda_driver
 from .artifact import DeviceCode
@@ -19,6 +22,14 @@ from .errors import BuildError, DeviceError
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
 PTX_TARGET = b".target sm_"
 CUDA_SOURCE_MARKER = b"__global__"
+
+# LLVM lists tuning hints (fast-*, slow-*, prefer-256-bit) among a CPU's features; these prefixes
+# name the instruction sets a kernel may use.
+ISA_FEATURE_PREFIXES = (
+    "sse", "ssse3", "avx", "fma", "f16c", "bmi", "amx", "gfni", "vaes", "vpclmulqdq", "popcnt", "lzcnt",
+    "movbe", "adx", "sha", "aes", "pclmul", "xop", "neon", "sve", "fullfp16", "bf16", "i8mm", "dotprod",
+)
+PORTABLE_CPU_TARGET = '{"kind": "llvm", "mcpu": "x86-64-v3"}'
 
 
 def compile_environment(kind: str) -> None:
@@ -71,10 +82,25 @@ def _compute_capability(arch: str) -> tuple[int, int]:
     return int(digits[:-1]), int(digits[-1])
 
 
-def missing_device(kind: str, arch: str | None) -> str | None:
-    """Why this machine cannot run code for (kind, arch), or None if it can."""
-    if kind == "llvm":
-        return None
+def _isa_features(target: tvm.target.Target) -> set[str]:
+    return {f for f in codegen.llvm_get_cpu_features(target) if f.startswith(ISA_FEATURE_PREFIXES)}
+
+
+def _missing_cpu(config: dict) -> str | None:
+    host_triple = codegen.llvm_get_system_triple()
+    host_arch = host_triple.split("-")[0]
+    target = tvm.target.Target(config)
+    arch = str(target.attrs.get("mtriple", "") or host_triple).split("-")[0]
+    if arch != host_arch:
+        return f"its code is for {arch} and this machine is {host_arch}"
+    host_cpu = codegen.llvm_get_system_cpu()
+    lacking = _isa_features(target) - _isa_features(tvm.target.Target({"kind": "llvm", "mcpu": host_cpu}))
+    if lacking:
+        return f"its code may use {', '.join(sorted(lacking))}, which this machine's CPU ({host_cpu}) lacks"
+    return None
+
+
+def _missing_gpu(arch: str) -> str | None:
     device = tvm.cuda(0)
     if not device.exist:
         return f"this machine has no CUDA device ({_driver_hint()})"
@@ -89,10 +115,29 @@ def missing_device(kind: str, arch: str | None) -> str | None:
     return None
 
 
-def require_device(kind: str, arch: str | None, what: str) -> None:
-    reason = missing_device(kind, arch)
-    if reason is not None:
-        raise DeviceError(
-            f"{what} is built for {kind} {arch} and cannot run here: {reason}. Run it on a machine with "
-            f"such a GPU, or build it for this one (--target cpu, or --target cuda --arch sm_<XY>)"
+def missing_device(config: dict) -> str | None:
+    """Why this machine cannot run code built for the target `config` (a TargetSpec's config, as
+    the manifest records it), or None if it can."""
+    return _missing_cpu(config) if config["kind"] == "llvm" else _missing_gpu(config["arch"])
+
+
+def runs_on(config: dict) -> str:
+    """Where code for the target `config` runs, for messages that send the user there."""
+    return "a machine with that CPU" if config["kind"] == "llvm" else "a machine with the GPU"
+
+
+def require_device(config: dict, what: str) -> None:
+    reason = missing_device(config)
+    if reason is None:
+        return
+    if config["kind"] == "llvm":
+        rebuild = (
+            f"build it for this one (--target cpu), or for an instruction-set level all your machines "
+            f"have (e.g. --target '{PORTABLE_CPU_TARGET}')"
         )
+        raise DeviceError(f"{what} is built for CPU {config.get('mcpu', 'generic')} and cannot run here: "
+                          f"{reason}. Run it on {runs_on(config)}, or {rebuild}")
+    raise DeviceError(
+        f"{what} is built for {config['kind']} {config['arch']} and cannot run here: {reason}. Run it on "
+        f"{runs_on(config)}, or build it for this one (--target cpu, or --target cuda --arch sm_<XY>)"
+    )

@@ -41,7 +41,8 @@ class ArtifactVersionError(ArtifactError):
 
 
 class DeviceError(ArtifactError):
-    """An artifact for a GPU that this machine does not have (or whose architecture differs)."""
+    """An artifact for a device this machine does not have: a GPU (or its architecture), a CPU
+    instruction set, another CPU architecture."""
 
 
 class UnverifiedArtifactError(ArtifactError):

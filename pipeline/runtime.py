@@ -223,7 +223,7 @@ def load(path: Path | str, device: str | None = None, *, allow_unverified: bool 
             f"not {device!r}"
         )
     check_files(path, manifest)
-    require_device(manifest.target.kind, manifest.target.config.get("arch"), str(path))
+    require_device(manifest.target.config, str(path))
     if not allow_unverified and manifest.verification is None and manifest.verification_pending:
         raise UnverifiedArtifactError(
             f"{path} has not been verified against onnxruntime yet ({manifest.verification_pending})"

@@ -207,11 +207,11 @@ def tune(options: TuneOptions) -> TuneResult:
         raise TuningError(f"unknown cost model {options.cost_model!r}: choose one of {COST_MODELS}")
     source = options.selection.resolve()
     target = resolve_target(options.target)
-    missing = devices.missing_device(target.kind, target.arch)
+    missing = devices.missing_device(target.config)
     if missing is not None:
         raise TuningError(
             f"tuning for {target.key} measures every candidate on that device, and {missing}: run `tune` on "
-            f"a machine with the GPU (`build` works here, with the records already in {options.schedules})"
+            f"{devices.runs_on(target.config)} (`build` works here, with the records already in {options.schedules})"
         )
     # MetaSchedule imports xgboost only when it first trains the model, after the first batch of
     # candidates has been built and measured: without this check that is minutes of device time lost.

@@ -1,0 +1,53 @@
+"""A CPU build for instructions this machine lacks is built, never run: running it would kill the
+process with SIGILL. The build is pending, and loading, verifying or benching it says why."""
+
+import platform
+
+import pytest
+from tvm.target import codegen
+
+from pipeline.bench import BenchOptions, bench
+from pipeline.build import build
+from pipeline.devices import missing_device
+from pipeline.errors import DeviceError
+from pipeline.runtime import load
+from pipeline.target import resolve_target
+from pipeline.verify import verify_artifact
+
+from .conftest import tiny_build_options
+
+x86_only = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 targets")
+# No CPU has both: XOP ended with AMD's Excavator, before AVX-512 came to AMD (Zen 4).
+IMPOSSIBLE_CPU = {"kind": "llvm", "mcpu": "x86-64", "mattr": ["+xop", "+avx512f"], "num-cores": 2}
+
+
+def test_this_machine_runs_its_own_cpu_target():
+    assert missing_device(resolve_target("cpu").config) is None
+
+
+@x86_only
+def test_a_lower_instruction_set_level_runs_here():
+    assert missing_device({"kind": "llvm", "mcpu": "x86-64"}) is None
+
+
+@x86_only
+def test_another_cpu_architecture_is_refused():
+    assert "aarch64" in missing_device({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+
+
+@x86_only
+def test_a_build_for_instructions_this_cpu_lacks_is_pending_and_refused(tmp_path, empty_schedules):
+    result = build(tiny_build_options(tmp_path, empty_schedules, "convt5", target=IMPOSSIBLE_CPU))
+    assert result.pending and result.latency is None and result.manifest.verification is None
+    host_cpu = codegen.llvm_get_system_cpu()
+    with pytest.raises(DeviceError, match=f"lacks.*{host_cpu}|{host_cpu}.*lacks"):
+        load(result.artifact)
+    with pytest.raises(DeviceError, match="--target cpu"):
+        verify_artifact(result.artifact)
+
+
+@x86_only
+def test_bench_for_instructions_this_cpu_lacks_says_so_before_building(tmp_path):
+    with pytest.raises(DeviceError, match="machine with that CPU"):
+        bench(BenchOptions(graphs=["convt4"], config="tiny", target=IMPOSSIBLE_CPU, out=tmp_path, artifacts=tmp_path))
+    assert not any(tmp_path.iterdir())

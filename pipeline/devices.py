@@ -17,6 +17,7 @@ from tvm.target import codegen
 from . import cuda_driver
 from .artifact import DeviceCode
 from .errors import BuildError, DeviceError
+from .target import host_cpu_target
 
 # The first word of every fatbin (0xBA55ED50, little-endian); PTX names its architecture like this.
 FATBIN_MAGIC = b"\x50\xed\x55\xba"
@@ -93,10 +94,10 @@ def _missing_cpu(config: dict) -> str | None:
     arch = str(target.attrs.get("mtriple", "") or host_triple).split("-")[0]
     if arch != host_arch:
         return f"its code is for {arch} and this machine is {host_arch}"
-    host_cpu = codegen.llvm_get_system_cpu()
-    lacking = _isa_features(target) - _isa_features(tvm.target.Target({"kind": "llvm", "mcpu": host_cpu}))
+    host = host_cpu_target().tvm_target()
+    lacking = _isa_features(target) - _isa_features(host)
     if lacking:
-        return f"its code may use {', '.join(sorted(lacking))}, which this machine's CPU ({host_cpu}) lacks"
+        return f"its code may use {', '.join(sorted(lacking))}, which this machine's CPU ({host.mcpu}) lacks"
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import tvm
 from tvm.target import codegen
@@ -38,11 +39,42 @@ def host_cores() -> int:
     return physical_cores()
 
 
+# LLVM names the host CPU from its model number, and a hypervisor can hide instruction sets that
+# model has (AVX-512, say): code for the model would then die of SIGILL. Linux lists what the CPU
+# really runs; these flags have the same names in LLVM.
+CPUINFO = Path("/proc/cpuinfo")
+CHECKED_FLAGS = ("avx", "avx2", "fma", "avx512f")
+
+
+def cpuinfo_flags() -> set[str] | None:
+    """The instruction-set flags Linux reports for this CPU, or None where it reports none."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return None
+
+
+def hidden_features(mcpu: str, flags: set[str] | None) -> list[str]:
+    """`-feature` for each checked instruction set the CPU model has and the flags lack."""
+    if flags is None:
+        return []
+    model = codegen.llvm_get_cpu_features(tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+    return [f"-{feature}" for feature in CHECKED_FLAGS if feature in model and feature not in flags]
+
+
 def host_cpu_target(num_cores: int | None = None) -> TargetSpec:
-    """LLVM target for this machine: its CPU as LLVM names it, and its usable cores."""
+    """LLVM target for this machine: its CPU as LLVM names it, less the instruction sets this
+    machine hides, and its usable cores."""
     mcpu = codegen.llvm_get_system_cpu()
     cores = num_cores or host_cores()
     config = {"kind": "llvm", "mcpu": mcpu, "num-cores": cores}
+    hidden = hidden_features(mcpu, cpuinfo_flags())
+    if hidden:
+        config["mattr"] = hidden
     return TargetSpec("llvm", config, _key_for(config))
 
 
@@ -58,7 +90,8 @@ def cuda_target(arch: str = DEFAULT_CUDA_ARCH) -> TargetSpec:
 def _key_for(config: dict) -> str:
     if config["kind"] == "llvm":
         cores = config.get("num-cores", host_cores())
-        return f"llvm-{config.get('mcpu', 'generic')}-{cores}c"
+        features = "".join(config.get("mattr", []))
+        return f"llvm-{config.get('mcpu', 'generic')}{features}-{cores}c"
     return "-".join(str(config[k]) for k in ("kind", "arch") if k in config)
 
 

@@ -1,17 +1,20 @@
 """A CPU build for instructions this machine lacks is built, never run: running it would kill the
-process with SIGILL. The build is pending, and loading, verifying or benching it says why."""
+process with SIGILL. The build is pending, and loading, verifying or benching it says why. The
+host target itself leaves out what a hypervisor hides of its CPU model."""
 
 import platform
 
 import pytest
 from tvm.target import codegen
 
+from pipeline import target
 from pipeline.bench import BenchOptions, bench
 from pipeline.build import build
 from pipeline.devices import missing_device
 from pipeline.errors import DeviceError
+from pipeline.passes.default_cpu_schedule import VectorUnit
 from pipeline.runtime import load
-from pipeline.target import resolve_target
+from pipeline.target import hidden_features, resolve_target
 from pipeline.verify import verify_artifact
 
 from .conftest import tiny_build_options
@@ -51,3 +54,29 @@ def test_bench_for_instructions_this_cpu_lacks_says_so_before_building(tmp_path)
     with pytest.raises(DeviceError, match="machine with that CPU"):
         bench(BenchOptions(graphs=["convt4"], config="tiny", target=IMPOSSIBLE_CPU, out=tmp_path, artifacts=tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+AVX2_FLAGS = {"sse2", "avx", "avx2", "fma"}
+
+
+def test_instruction_sets_a_hypervisor_hides_are_taken_off_the_model():
+    assert hidden_features("rocketlake", AVX2_FLAGS) == ["-avx512f"]
+    assert hidden_features("rocketlake", AVX2_FLAGS | {"avx512f"}) == []
+    assert hidden_features("znver3", AVX2_FLAGS) == []
+    assert hidden_features("rocketlake", None) == []  # no /proc/cpuinfo: trust the model
+
+
+@x86_only
+def test_the_host_target_of_a_masked_cpu_gets_the_avx2_micro_kernel(monkeypatch):
+    monkeypatch.setattr(target.codegen, "llvm_get_system_cpu", lambda: "rocketlake")
+    monkeypatch.setattr(target, "cpuinfo_flags", lambda: AVX2_FLAGS)
+    host = target.host_cpu_target(num_cores=2)
+    assert host.config["mattr"] == ["-avx512f"] and host.key == "llvm-rocketlake-avx512f-2c"
+    assert VectorUnit.of(host.tvm_target()).lanes == 8
+    assert "avx512f" in missing_device({"kind": "llvm", "mcpu": "rocketlake"})
+
+
+def test_target_features_are_part_of_the_key():
+    plain = resolve_target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
+    with_avx2 = resolve_target({"kind": "llvm", "mcpu": "x86-64", "mattr": ["+avx2"], "num-cores": 2})
+    assert (plain.key, with_avx2.key) == ("llvm-x86-64-2c", "llvm-x86-64+avx2-2c")

@@ -77,9 +77,9 @@ MIN_TILES_PER_BLOCK = 32
 # column panels (subpanels) up to this size, and each row tile sweeps them all. The copy and the
 # epilogue (bias, residual add, store) then run along columns x subpanels contiguous positions of
 # each row instead of one micro-kernel's columns. Per-kernel times at T = 32 with AVX-512 (32
-# columns): block5's Conv1d k1 (128 channels) 14.4 -> 8.1
-# ms, its ConvTranspose GEMM 16.9 -> 12.6; block4's k1 6.9 -> 4.0, block3's 4.1 -> 3.4. 256 KiB
-# was as good on block4 and slower on block5, 1 MiB slower on block4.
+# columns): block5's Conv1d k1 (128 channels) 14.4 -> 8.1 ms, its ConvTranspose GEMM 16.9 ->
+# 12.6; block4's k1 6.9 -> 4.0, block3's 4.1 -> 3.4. 256 KiB was as good on block4 and slower on
+# block5, 1 MiB slower on block4.
 PANEL_BUDGET_BYTES = 512 << 10
 MIN_PANELS_PER_CORE = 4
 

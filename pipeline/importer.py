@@ -103,18 +103,17 @@ def import_onnx(model: onnx.ModelProto) -> ImportedGraph:
             f"operator, or export the model with another opset"
         ) from exc
     mod, params = relax.frontend.detach_params(mod)
-    all_weights = [p.numpy() for p in params.get("main", [])]
-    mod = _bind_scalar_weights(mod, all_weights)
+    mod, weights = _bind_scalar_weights(mod, [p.numpy() for p in params.get("main", [])])
     main = mod["main"]
     num_inputs = int(main.attrs["num_input"])
     param_names = [p.name for p in main.params[num_inputs:]]
-    weights = [w for w in all_weights if w.size != 1]
     outputs = _output_specs(main.ret_ty, [o.name for o in model.graph.output])
     return ImportedGraph(mod, inputs, outputs, param_names, weights)
 
 
-def _bind_scalar_weights(mod: tvm.IRModule, weights: list[np.ndarray]) -> tvm.IRModule:
-    """One-element initializers become constants of `main`. They are constants in all but name:
+def _bind_scalar_weights(mod: tvm.IRModule, weights: list[np.ndarray]) -> tuple[tvm.IRModule, list[np.ndarray]]:
+    """One-element initializers become constants of `main`; returns it and the weights it still
+    takes. They are constants in all but name:
     torch.onnx's dynamo exporter writes the 2 of SnakeBeta's `sin(x) ** 2` as one, and as a
     parameter that exponent left one powf call per element (the Snake kernels of such a decoder
     took 157 ms per call at T = 32, against 17 with the exponent a literal LLVM turns into a
@@ -122,4 +121,7 @@ def _bind_scalar_weights(mod: tvm.IRModule, weights: list[np.ndarray]) -> tvm.IR
     main = mod["main"]
     weight_vars = main.params[int(main.attrs["num_input"]):]
     scalars = {var: weight for var, weight in zip(weight_vars, weights) if weight.size == 1}
-    return relax.transform.BindParams("main", scalars)(mod) if scalars else mod
+    if not scalars:
+        return mod, weights
+    kept = [weight for var, weight in zip(weight_vars, weights) if var not in scalars]
+    return relax.transform.BindParams("main", scalars)(mod), kept

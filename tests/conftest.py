@@ -34,6 +34,13 @@ def tiny_build_options(out, schedules, graph, **overrides):
     )
 
 
+def onnx_file_build_options(path, out, schedules):
+    """tiny_build_options for a user's ONNX file instead of a named graph."""
+    options = tiny_build_options(out, schedules, "convt5")
+    options.selection = GraphSelection(onnx=path)
+    return options
+
+
 @pytest.fixture(scope="session")
 def tiny_builds(tmp_path_factory, tiny_config, empty_schedules):
     """Every named graph of the tiny config, built once for the session."""

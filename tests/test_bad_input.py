@@ -9,11 +9,11 @@ from onnx import TensorProto, helper
 
 from pipeline.build import build
 from pipeline.errors import ArtifactError, GraphError, TuningError, UnsupportedModelError
-from pipeline.graphs import IR_VERSION, GraphSelection, export_graph, make_graph, load_config
+from pipeline.graphs import IR_VERSION, export_graph, make_graph, load_config
 from pipeline.target import resolve_target
 from pipeline.tuning import ScheduleStore
 
-from .conftest import TINY_FRAMES, tiny_build_options
+from .conftest import TINY_FRAMES, onnx_file_build_options, tiny_build_options
 
 
 def _single_op_model(op, input_dims, output_rank=None):
@@ -23,12 +23,6 @@ def _single_op_model(op, input_dims, output_rank=None):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * (output_rank or len(input_dims)))],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
-
-
-def _options_for_file(path, tmp_path, schedules):
-    options = tiny_build_options(tmp_path / "art", schedules, "convt5")
-    options.selection = GraphSelection(onnx=path)
-    return options
 
 
 @pytest.fixture
@@ -42,7 +36,7 @@ def test_truncated_onnx(convt5_file, tmp_path, empty_schedules):
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(GraphError, match="truncated.onnx (is not a readable ONNX model|fails onnx.checker)"):
-        build(_options_for_file(truncated, tmp_path, empty_schedules))
+        build(onnx_file_build_options(truncated, tmp_path / "art", empty_schedules))
 
 
 def test_onnx_failing_the_checker(tmp_path, empty_schedules):
@@ -51,7 +45,7 @@ def test_onnx_failing_the_checker(tmp_path, empty_schedules):
     path = tmp_path / "dangling.onnx"
     path.write_bytes(model.SerializeToString())
     with pytest.raises(GraphError, match="fails onnx.checker"):
-        build(_options_for_file(path, tmp_path, empty_schedules))
+        build(onnx_file_build_options(path, tmp_path / "art", empty_schedules))
 
 
 @pytest.mark.parametrize("op, output_rank, message", [
@@ -62,7 +56,7 @@ def test_operators_we_cannot_compile(op, output_rank, message, tmp_path, empty_s
     path = tmp_path / f"{op}.onnx"
     path.write_bytes(_single_op_model(op, [1, 4, 8], output_rank).SerializeToString())
     with pytest.raises(UnsupportedModelError, match=message):
-        build(_options_for_file(path, tmp_path, empty_schedules))
+        build(onnx_file_build_options(path, tmp_path / "art", empty_schedules))
     assert not (tmp_path / "art").exists() or not any((tmp_path / "art").rglob("manifest.json"))
 
 
@@ -70,7 +64,7 @@ def test_symbolic_input_dimension(tmp_path, empty_schedules):
     path = tmp_path / "dynamic.onnx"
     path.write_bytes(_single_op_model("Relu", ["batch", 4, 8]).SerializeToString())
     with pytest.raises(UnsupportedModelError, match="symbolic dimension 'batch'.*make_dynamic_shape_fixed"):
-        build(_options_for_file(path, tmp_path, empty_schedules))
+        build(onnx_file_build_options(path, tmp_path / "art", empty_schedules))
 
 
 def test_foreign_tuning_records_are_refused_and_left_alone(tmp_path):
@@ -102,5 +96,5 @@ def test_non_finite_weights_in_a_users_graph_still_build_and_verify(tmp_path, em
     values[0] = np.inf
     bias.CopyFrom(onnx.numpy_helper.from_array(values, bias.name))
     path = export_graph(source, tmp_path / "inf_bias.onnx")
-    result = build(_options_for_file(path, tmp_path, empty_schedules))
+    result = build(onnx_file_build_options(path, tmp_path / "art", empty_schedules))
     assert result.passed

@@ -6,10 +6,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.build import build
-from pipeline.graphs import IR_VERSION, GraphSelection
+from pipeline.graphs import IR_VERSION
 from pipeline.importer import import_onnx
 
-from .conftest import tiny_build_options
+from .conftest import onnx_file_build_options
 
 
 def _snake_as_dynamo_exports_it() -> onnx.ModelProto:
@@ -43,8 +43,6 @@ def test_one_element_initializers_are_constants_not_weights():
 def test_a_graph_with_constant_initializers_builds_and_verifies(tmp_path, empty_schedules):
     path = tmp_path / "snake.onnx"
     onnx.save(_snake_as_dynamo_exports_it(), str(path))
-    options = tiny_build_options(tmp_path / "art", empty_schedules, "convt5")
-    options.selection = GraphSelection(onnx=path)
-    result = build(options)
+    result = build(onnx_file_build_options(path, tmp_path / "art", empty_schedules))
     assert result.passed, result.manifest.verification
     assert len(result.manifest.params) == 1

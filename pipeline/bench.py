@@ -8,7 +8,6 @@ The machine is shared and noisy, so the numbers that mean something are the rati
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import platform
@@ -20,14 +19,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import devices, torch_baseline
+from . import cpu_peak, devices, torch_baseline
 from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
 from .cpu_threads import tvm_threads
 from .errors import DeviceError, GraphError, TargetError
 from .graphs import GraphSelection, useful_flops
 from .runtime import Model, Timing, load, time_calls
-from .target import TargetSpec, host_cores, resolve_target
+from .cpu_peak import Peak
+from .target import TargetSpec, cpuinfo_flags, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
 from .verify import Tolerance, compare, seeded_inputs
 
@@ -104,13 +104,11 @@ class BenchReport:
     versions: dict = field(default_factory=package_versions)
 
 
-def measure_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 GFLOP/s of a large matmul through numpy's BLAS on all cores: a practical peak."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((size, size), dtype=np.float32)
-    b = rng.standard_normal((size, size), dtype=np.float32)
-    best_ms = time_calls(lambda: a @ b, repeats, min_repeat_ms=0).min_ms
-    return 2 * size**3 / (best_ms / 1e3) / 1e9
+def measure_peak(target: TargetSpec) -> Peak:
+    """A practical fp32 peak of the target's device, measured now."""
+    if target.kind == "llvm":
+        return cpu_peak.measure_peak(cpuinfo_flags())
+    return Peak(torch_baseline.matmul_peak_gflops("cuda"), "torch fp32 matmul 8192^3 (TF32 off) on the GPU")
 
 
 class _OnnxruntimeBaseline:
@@ -230,13 +228,8 @@ def bench(options: BenchOptions) -> BenchReport:
             f"bench times ours and the baseline on the target's device, and {missing}: run it on "
             f"{devices.runs_on(target.config)} (`build` works here, unverified until then)"
         )
-    if target.kind == "llvm":
-        measure_peak, peak_what = measure_peak_gflops, "numpy fp32 matmul 2048^3 on the CPU"
-    else:
-        measure_peak = functools.partial(torch_baseline.matmul_peak_gflops, "cuda")
-        peak_what = "torch fp32 matmul 8192^3 (TF32 off) on the GPU"
-    peak_before = measure_peak()
-    log.info("peak: %.1f GFLOP/s (%s, best of 5)", peak_before, peak_what)
+    peak_before = measure_peak(target)
+    log.info("peak: %.1f GFLOP/s (%s, best of 5)", peak_before.gflops, peak_before.what)
     rows, described = [], ""
     for selection in selections:
         row, described = _bench_graph(selection, options, target, baseline_name)
@@ -246,11 +239,11 @@ def bench(options: BenchOptions) -> BenchReport:
     # A busy neighbour during one measurement of the peak would inflate every "% peak": measured
     # again after the graphs, the better of the two counts (on a shared 2-core VM one run read 102
     # GFLOP/s where others read 169-188, and the table showed 125-171% of it).
-    peak_after = measure_peak()
-    log.info("peak again: %.1f GFLOP/s", peak_after)
-    peak = max(peak_before, peak_after)
+    peak_after = measure_peak(target)
+    log.info("peak again: %.1f GFLOP/s (%s)", peak_after.gflops, peak_after.what)
+    peak = max(peak_before, peak_after, key=lambda p: p.gflops)
     report = BenchReport(
-        rows, described, peak, peak_what, machine=_machine(target),
+        rows, described, peak.gflops, peak.what, machine=_machine(target),
         settings={"config": options.config if options.graphs else None,
                   "latent_frames": options.latent_frames if options.graphs else None,
                   "onnx_files": [str(path) for path in options.onnx_files], "target": target.key,

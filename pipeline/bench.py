@@ -27,7 +27,7 @@ from .errors import DeviceError, GraphError, TargetError
 from .graphs import GraphSelection, useful_flops
 from .runtime import Model, Timing, load, time_calls
 from .cpu_peak import Peak
-from .target import TargetSpec, cpuinfo_flags, host_cores, resolve_target
+from .target import TargetSpec, cpu_model_name, cpuinfo_flags, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
 from .verify import Tolerance, compare, seeded_inputs
 
@@ -207,7 +207,7 @@ def _bench_graph(selection: GraphSelection, options: BenchOptions, target: Targe
 
 
 def _machine(target: TargetSpec) -> dict:
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": host_cores(), "threads": tvm_threads()}
+    machine = {"cpu": cpu_model_name() or platform.machine(), "cores": host_cores(), "threads": tvm_threads()}
     if target.kind == "llvm":
         machine["llvm_cpu"] = target.config.get("mcpu")
     else:

@@ -46,16 +46,26 @@ CPUINFO = Path("/proc/cpuinfo")
 CHECKED_FLAGS = ("avx", "avx2", "fma", "avx512f")
 
 
-def cpuinfo_flags() -> set[str] | None:
-    """The instruction-set flags Linux reports for this CPU, or None where it reports none."""
+def _cpuinfo_field(name: str) -> str | None:
     try:
         text = CPUINFO.read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
+        if line.partition(":")[0].strip() == name:
+            return line.partition(":")[2].strip()
     return None
+
+
+def cpuinfo_flags() -> set[str] | None:
+    """The instruction-set flags Linux reports for this CPU, or None where it reports none."""
+    flags = _cpuinfo_field("flags")
+    return None if flags is None else set(flags.split())
+
+
+def cpu_model_name() -> str | None:
+    """The CPU's marketing name as Linux reports it ("AMD EPYC 9B45"; a VM may shorten it)."""
+    return _cpuinfo_field("model name")
 
 
 def hidden_features(mcpu: str, flags: set[str] | None) -> list[str]:

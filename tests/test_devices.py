@@ -80,3 +80,12 @@ def test_target_features_are_part_of_the_key():
     plain = resolve_target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
     with_avx2 = resolve_target({"kind": "llvm", "mcpu": "x86-64", "mattr": ["+avx2"], "num-cores": 2})
     assert (plain.key, with_avx2.key) == ("llvm-x86-64-2c", "llvm-x86-64+avx2-2c")
+
+
+def test_cpuinfo_gives_the_flags_and_the_model_name(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B45\nflags\t\t: sse2 avx avx2 fma\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(target, "CPUINFO", cpuinfo)
+    assert target.cpu_model_name() == "AMD EPYC 9B45" and target.cpuinfo_flags() == AVX2_FLAGS
+    monkeypatch.setattr(target, "CPUINFO", tmp_path / "missing")
+    assert target.cpu_model_name() is None and target.cpuinfo_flags() is None

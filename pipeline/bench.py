@@ -26,7 +26,6 @@ from .cpu_threads import tvm_threads
 from .errors import DeviceError, GraphError, TargetError
 from .graphs import GraphSelection, useful_flops
 from .runtime import Model, Timing, load, time_calls
-from .cpu_peak import Peak
 from .target import TargetSpec, cpu_model_name, cpuinfo_flags, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
 from .verify import Tolerance, compare, seeded_inputs
@@ -104,11 +103,11 @@ class BenchReport:
     versions: dict = field(default_factory=package_versions)
 
 
-def measure_peak(target: TargetSpec) -> Peak:
+def measure_peak(target: TargetSpec) -> cpu_peak.Peak:
     """A practical fp32 peak of the target's device, measured now."""
     if target.kind == "llvm":
         return cpu_peak.measure_peak(cpuinfo_flags())
-    return Peak(torch_baseline.matmul_peak_gflops("cuda"), "torch fp32 matmul 8192^3 (TF32 off) on the GPU")
+    return cpu_peak.Peak(torch_baseline.matmul_peak_gflops("cuda"), "torch fp32 matmul 8192^3 (TF32 off) on the GPU")
 
 
 class _OnnxruntimeBaseline:

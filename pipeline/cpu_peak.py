@@ -2,8 +2,8 @@
 
 OpenBLAS (numpy's BLAS) picks its kernels from the CPU model, and gives a model newer than the
 library older kernels: OpenBLAS 0.3.31 runs its AVX2 (Haswell) kernels on a Zen 5, at 217 GFLOP/s
-on 2 cores where its AVX-512 (SkylakeX) kernels reach 392-415, and our GEMMs read 160% of that
-"peak". So the matmul also runs with the widest kernels the CPU's flags allow. The choice is made
+on 2 cores where its AVX-512 (SkylakeX) kernels reach 392-415, and our GEMMs read up to 167% of
+that "peak". So the matmul also runs with the widest kernels the CPU's flags allow. The choice is made
 when the library loads, so each runs in a fresh process; this file runs there as a script and
 imports nothing of ours (the package would import TVM).
 """

@@ -114,23 +114,21 @@ class Manifest:
     device_code: DeviceCode | None = None
     # Why `verification` is missing: a GPU build made where no such GPU is present.
     verification_pending: str | None = None
+    # A GPU build's kernels, as scheduled for the GPU, run on the build machine's CPU against onnxruntime
+    # (`build --emulate-on-host`): checks the schedules, not the device code.
+    host_emulation: Verification | None = None
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
-        if self.verification is not None:
-            data["verification"]["passed"] = self.verification.passed
+        for name in ("verification", "host_emulation"):
+            if getattr(self, name) is not None:
+                data[name]["passed"] = getattr(self, name).passed
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         specs = lambda items: [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in items]  # noqa: E731
-        verification = data.get("verification")
-        if verification is not None:
-            verification.pop("passed", None)
-            verification = Verification(
-                **{**verification, "outputs": [OutputCheck(**o) for o in verification["outputs"]]}
-            )
         return cls(
             format=data["format"],
             graph=GraphRecord(**data["graph"]),
@@ -144,10 +142,18 @@ class Manifest:
             files=data["files"],
             build_seconds=data["build_seconds"],
             library=data["library"],
-            verification=verification,
+            verification=_verification(data.get("verification")),
             device_code=DeviceCode(**data["device_code"]) if data.get("device_code") else None,
             verification_pending=data.get("verification_pending"),
+            host_emulation=_verification(data.get("host_emulation")),
         )
+
+
+def _verification(data: dict | None) -> Verification | None:
+    if data is None:
+        return None
+    fields = {k: v for k, v in data.items() if k != "passed"}  # `passed` is derived from the outputs
+    return Verification(**{**fields, "outputs": [OutputCheck(**o) for o in data["outputs"]]})
 
 
 def sha256_file(path: Path) -> str:

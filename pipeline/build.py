@@ -17,7 +17,7 @@ import onnx
 import tvm
 from tvm import relax
 
-from . import devices, runtime
+from . import devices, host_emulation, runtime
 from .artifact import (
     ARTIFACTS_DIR,
     FORMAT,
@@ -28,22 +28,23 @@ from .artifact import (
     Manifest,
     StagedArtifact,
     TargetRecord,
+    Verification,
     artifact_dir,
     library_name,
     package_versions,
     sha256_file,
     write_manifest,
 )
-from .errors import BuildError, VerificationError
+from .errors import BuildError, TargetError, VerificationError
 from .graphs import GraphSelection
-from .importer import TensorSpec, import_onnx
+from .importer import ImportedGraph, TensorSpec, import_onnx
 from .lowering import DEFAULT_LOWERING, ENTRY, WEIGHT_PREPARATION, lower
 from .passes.default_cpu_schedule import DefaultCPUSchedule
 from .passes.default_gpu_schedule import DefaultGPUSchedule
 from .runtime import Timing
 from .target import TargetSpec, resolve_target
 from .tuning import SCHEDULES_DIR, ScheduleStore
-from .verify import DEFAULT_INPUT_SEED, Tolerance, check_model, seeded_inputs
+from .verify import DEFAULT_INPUT_SEED, Tolerance, check_model, check_outputs, seeded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class BuildOptions:
     input_seed: int = DEFAULT_INPUT_SEED
     timing_repeats: int = 5
     lowering: str = DEFAULT_LOWERING
+    # GPU targets: also run the kernels as scheduled for the GPU on this CPU against onnxruntime
+    # (`host_emulation`), which checks the schedules where the GPU is absent. Slow: ~2 GFLOP/s on 2 cores.
+    emulate_on_host: bool = False
     # A library caller gets an exception on a mismatch; the CLI turns it into the exit status.
     raise_on_mismatch: bool = True
 
@@ -74,7 +78,13 @@ class BuildResult:
 
     @property
     def passed(self) -> bool:
-        return self.manifest.verification is not None and self.manifest.verification.passed
+        return self.manifest.verification is not None and self.manifest.verification.passed and not self.failed
+
+    @property
+    def failed(self) -> bool:
+        """A check ran and disagreed with onnxruntime (on the device, or the kernels run on the host)."""
+        checks = [self.manifest.verification, self.manifest.host_emulation]
+        return any(check is not None and not check.passed for check in checks)
 
     @property
     def pending(self) -> bool:
@@ -85,9 +95,11 @@ class BuildResult:
 @dataclass
 class CompiledGraph:
     """`executable` runs `main` on the target; `weight_preparation` (host CPU) turns the imported
-    weights into the ones `main` takes, once, at build time."""
+    weights into the ones `main` takes, once, at build time. `scheduled` is what `executable` was
+    compiled from: `main` and its kernels, each scheduled for the target."""
 
     executable: tvm.runtime.Executable
+    scheduled: tvm.IRModule
     weight_preparation: tvm.runtime.Executable
     prepared_weight_names: list[str]
     applied: AppliedSchedules
@@ -135,14 +147,35 @@ def compile_module(
     main = scheduled[ENTRY]
     prepared_names = _unique([p.name for p in main.params[int(main.attrs["num_input"]):]])
     return CompiledGraph(
-        _compile(scheduled, target), _compile(lowered.weight_preparation, resolve_target("cpu")), prepared_names, applied
+        _compile(scheduled, target),
+        scheduled,
+        _compile(lowered.weight_preparation, resolve_target("cpu")),
+        prepared_names,
+        applied,
     )
+
+
+def check_on_host(
+    compiled: CompiledGraph, weights: list[np.ndarray], imported: ImportedGraph, model: onnx.ModelProto,
+    seed: int, tolerance: Tolerance,
+) -> Verification:
+    """Run a GPU build's scheduled kernels on this CPU (`host_emulation`) and compare them
+    with onnxruntime on the same seeded inputs, as the build's verification does on the device."""
+    executable = _compile(host_emulation.host_module(compiled.scheduled), resolve_target("cpu"))
+    inputs = seeded_inputs(imported.inputs, seed)
+    outputs = host_emulation.run(executable, inputs, weights, len(imported.outputs))
+    return check_outputs(outputs, model, inputs, imported.inputs, imported.outputs, seed, tolerance)
 
 
 def build(options: BuildOptions) -> BuildResult:
     """Build one graph for one target, verify it against onnxruntime and save the artifact."""
     source = options.selection.resolve()
     target = resolve_target(options.target)
+    if options.emulate_on_host and target.kind == "llvm":
+        raise TargetError(
+            f"emulating on the host is for GPU targets; a build for {target.key} runs and is verified on "
+            f"this CPU as it is: drop --emulate-on-host, or give a GPU target (--target cuda)"
+        )
     started = time.time()
     log.info("building %s for %s", source.name, target.key)
     imported = import_onnx(source.model)
@@ -150,6 +183,10 @@ def build(options: BuildOptions) -> BuildResult:
         raise BuildError(f"{source.name}: two weights share one name; give every initializer a unique name")
     compiled = compile_module(imported.mod, target, ScheduleStore(target, options.schedules), options.lowering)
     weights = compiled.prepare_weights(imported.params)
+    host_check = None
+    if options.emulate_on_host:
+        log.info("running the %s kernels of %s on this CPU (host emulation)", target.key, source.name)
+        host_check = check_on_host(compiled, weights, imported, source.model, options.input_seed, options.tolerance)
     stage = StagedArtifact(artifact_dir(options.out, source.name, target.key))
     try:
         exported = stage.dir / "model.so"
@@ -174,6 +211,7 @@ def build(options: BuildOptions) -> BuildResult:
             build_seconds=round(time.time() - started, 2),
             library=library.name,
             device_code=device_code,
+            host_emulation=host_check,
         )
         missing = devices.missing_device(target.config)
         if missing is not None:
@@ -181,29 +219,42 @@ def build(options: BuildOptions) -> BuildResult:
                 manifest, verification_pending=f"not verified at build time: {missing}; run `python -m "
                 f"pipeline verify <artifact>` on {devices.runs_on(target.config)}",
             )
-            write_manifest(stage.dir, manifest)
             log.warning("%s for %s is built but not verified: %s", source.name, target.key, missing)
-            return BuildResult(source.name, stage.commit(True), manifest, None)
+            latency = None
+        else:
+            write_manifest(stage.dir, manifest)
+            model = runtime.load(stage.dir, allow_unverified=True)
+            verification = check_model(model, options.input_seed, options.tolerance)
+            latency = model.time(seeded_inputs(model.inputs, options.input_seed), repeats=options.timing_repeats)
+            del model
+            manifest = dataclasses.replace(manifest, verification=verification)
         write_manifest(stage.dir, manifest)
-        model = runtime.load(stage.dir, allow_unverified=True)
-        verification = check_model(model, options.input_seed, options.tolerance)
-        latency = model.time(seeded_inputs(model.inputs, options.input_seed), repeats=options.timing_repeats)
-        del model
-        manifest = dataclasses.replace(manifest, verification=verification)
-        write_manifest(stage.dir, manifest)
-        final = stage.commit(verification.passed)
+        result = BuildResult(source.name, stage.dir, manifest, latency)
+        result = dataclasses.replace(result, artifact=stage.commit(not result.failed))
     except BaseException:
         stage.discard()
         raise
-    result = BuildResult(source.name, final, manifest, latency)
-    if not result.passed and options.raise_on_mismatch:
-        worst = max(verification.outputs, key=lambda o: o.max_rel_error)
-        raise VerificationError(
-            f"{source.name} for {target.key} disagrees with onnxruntime: {worst.name} max abs error "
-            f"{worst.max_abs_error:.3e}, max rel {worst.max_rel_error:.3e} (rtol {verification.rtol:g}, atol "
-            f"{verification.atol:g}); the build is kept for inspection in {final}"
-        )
+    if result.failed and options.raise_on_mismatch:
+        raise VerificationError(_mismatch(result, target.key))
     return result
+
+
+def _mismatch(result: BuildResult, target_key: str) -> str:
+    failures = []
+    for check, where in [
+        (result.manifest.verification, ""),
+        (result.manifest.host_emulation, "with its GPU kernels run on this CPU (a GPU schedule is wrong): "),
+    ]:
+        if check is not None and not check.passed:
+            worst = max(check.outputs, key=lambda o: o.max_rel_error)
+            failures.append(
+                f"{where}{worst.name} max abs error {worst.max_abs_error:.3e}, max rel {worst.max_rel_error:.3e} "
+                f"(rtol {check.rtol:g}, atol {check.atol:g})"
+            )
+    return (
+        f"{result.graph} for {target_key} disagrees with onnxruntime: {'; '.join(failures)}; the build is kept "
+        f"for inspection in {result.artifact}"
+    )
 
 
 def build_many(graphs: list[str], options: BuildOptions) -> list[BuildResult]:

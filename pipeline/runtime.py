@@ -223,6 +223,12 @@ def load(path: Path | str, device: str | None = None, *, allow_unverified: bool 
             f"not {device!r}"
         )
     check_files(path, manifest)
+    if not allow_unverified and manifest.host_emulation is not None and not manifest.host_emulation.passed:
+        raise UnverifiedArtifactError(
+            f"{path} failed its check on the build machine: its GPU kernels, run on the CPU there, "
+            f"disagreed with onnxruntime (see host_emulation in its manifest.json): a GPU schedule is wrong; "
+            f"pass allow_unverified=True only to inspect it"
+        )
     require_device(manifest.target.config, str(path))
     if not allow_unverified and manifest.verification is None and manifest.verification_pending:
         raise UnverifiedArtifactError(

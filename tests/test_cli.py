@@ -1,5 +1,6 @@
 """The CLI verbs, run as a user runs them: `python -m pipeline ...` in a subprocess."""
 
+import shutil
 import subprocess
 import sys
 
@@ -44,6 +45,15 @@ def test_build_verify_run(tmp_path, empty_schedules):
     assert "chunk 2/2" in chunked.stderr and np.load(tmp_path / "long_y.npy").shape == (1, 4, 6000)
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+def test_cuda_build_checked_on_the_host(tmp_path, empty_schedules):
+    build = cli("build", "--graph", "block1", "--config", "tiny", "-T", "2", "--target", "cuda", "--emulate-on-host",
+                "--out", tmp_path, "--schedules", empty_schedules)
+    assert "block1: its GPU kernels run on this CPU, against onnxruntime" in build.stdout
+    row = next(line for line in build.stdout.splitlines() if line.startswith("block1 "))
+    assert "emulated ✓" in row  # and "pending" before it where this machine has no GPU
+
+
 def test_build_and_bench_from_onnx_path(tmp_path, empty_schedules):
     cli("graphs", "--graph", "convt2", "--config", "tiny", "-T", "1", "--export", tmp_path / "mine.onnx")
     build = cli("build", "--onnx", tmp_path / "mine.onnx", "--out", tmp_path / "art", "--schedules", empty_schedules)
@@ -59,6 +69,7 @@ def test_build_and_bench_from_onnx_path(tmp_path, empty_schedules):
     (["build", "--onnx", "nowhere.onnx"], "does not exist"),
     (["build", "--graph", "convt1", "--target", "tpu"], "unknown target 'tpu'"),
     (["verify", "."], "is not an artifact"),
+    (["build", "--graph", "convt5", "--config", "tiny", "--emulate-on-host"], "drop --emulate-on-host"),
 ])
 def test_user_errors_are_one_clear_line(args, message):
     done = cli(*args, check=False)

@@ -6,10 +6,19 @@ import pytest
 import tvm
 import tvm_ffi
 
-from pipeline import cuda_driver, devices
-from pipeline.build import BuildOptions, build, compile_module
+import pipeline.build as build_module
+from pipeline import cuda_driver, devices, host_emulation
+from pipeline.artifact import read_manifest
+from pipeline.build import BuildOptions, build, check_on_host, compile_module
 from pipeline.conformance import case_model, load_cases
-from pipeline.errors import BuildError, DeviceError, TuningError
+from pipeline.errors import (
+    BuildError,
+    DeviceError,
+    TargetError,
+    TuningError,
+    UnverifiedArtifactError,
+    VerificationError,
+)
 from pipeline.graphs import GraphSelection
 from pipeline.importer import import_onnx
 from pipeline.lowering import lower
@@ -23,7 +32,7 @@ from pipeline.passes.default_gpu_schedule import (
 from pipeline.runtime import load
 from pipeline.target import resolve_target
 from pipeline.tuning import ScheduleStore, TuneOptions, tune
-from pipeline.verify import verify_artifact
+from pipeline.verify import DEFAULT_INPUT_SEED, Tolerance, verify_artifact
 
 from .conftest import TINY_FRAMES, tiny_build_options
 
@@ -41,7 +50,7 @@ def _device_arch() -> str:
 def cuda_build(tmp_path_factory, empty_schedules):
     target = {"kind": "cuda", "arch": _device_arch() if GPU_PRESENT else "sm_90"}
     out = tmp_path_factory.mktemp("cuda-artifacts")
-    return build(tiny_build_options(out, empty_schedules, "convt5", target=target))
+    return build(tiny_build_options(out, empty_schedules, "convt5", target=target, emulate_on_host=True))
 
 
 @needs_nvcc
@@ -54,6 +63,14 @@ def test_cuda_library_holds_compiled_device_code(cuda_build):
     data = (cuda_build.artifact / cuda_build.manifest.library).read_bytes()
     assert devices.FATBIN_MAGIC in data or devices.PTX_TARGET in data
     assert devices.CUDA_SOURCE_MARKER not in data
+
+
+@needs_nvcc
+def test_cuda_build_records_its_kernels_run_on_the_host(cuda_build):
+    recorded = read_manifest(cuda_build.artifact).host_emulation
+    assert recorded == cuda_build.manifest.host_emulation and recorded.passed
+    assert recorded.reference.startswith("onnxruntime") and recorded.outputs[0].max_rel_error < 1e-5
+    assert not cuda_build.failed
 
 
 @needs_nvcc
@@ -176,26 +193,93 @@ def test_cuda_build_with_the_large_gemm_tile_holds_device_code(tmp_path, empty_s
         selection=GraphSelection(graph="convt3", config="sao", latent_frames=LARGE_TILE_FRAMES),
         target="cuda", out=tmp_path, schedules=empty_schedules,
     )
+    options.emulate_on_host = True
     result = build(options)  # on a GPU, also verified against onnxruntime
     assert result.manifest.device_code.format in ("fatbin", "ptx")
     assert result.passed if GPU_PRESENT else result.pending
+    assert result.manifest.host_emulation.passed, result.manifest.host_emulation
 
 
-def _assert_compiles_for_cuda(model, schedules) -> None:
+def _assert_cuda_build_computes_what_onnxruntime_does(model, schedules) -> None:
+    """nvcc accepts every kernel, and the kernels as scheduled for the GPU, run on this
+    CPU, agree with onnxruntime."""
     target = resolve_target("cuda")
-    compiled = compile_module(import_onnx(model).mod, target, ScheduleStore(target, schedules))
+    imported = import_onnx(model)
+    compiled = compile_module(imported.mod, target, ScheduleStore(target, schedules))
     assert "cuda" in devices.module_kinds(compiled.executable.mod)
+    weights = compiled.prepare_weights(imported.params)
+    check = check_on_host(compiled, weights, imported, model, DEFAULT_INPUT_SEED, Tolerance())
+    assert check.passed, check
 
 
 @needs_nvcc
 @pytest.mark.parametrize("case", [c for c in load_cases() if c.expect == "✓"], ids=lambda c: c.name)
-def test_every_conformance_case_compiles_for_cuda(case, empty_schedules):
-    """Every ConvTranspose variant (1-3-D, groups, dilations, pads) gets a GPU schedule nvcc accepts."""
-    _assert_compiles_for_cuda(case_model(case), empty_schedules)
+def test_every_conformance_case_builds_for_cuda_and_its_gpu_schedules_are_right(case, empty_schedules):
+    """Every ConvTranspose variant (1-3-D, groups, dilations, pads) gets a GPU schedule nvcc accepts
+    and that computes the right outputs."""
+    _assert_cuda_build_computes_what_onnxruntime_does(case_model(case), empty_schedules)
 
 
 @needs_nvcc
 @pytest.mark.parametrize("graph", ["convt1", "block1", "decoder"])
-def test_oobleck_graphs_compile_for_cuda(graph, empty_schedules):
-    _assert_compiles_for_cuda(GraphSelection(graph=graph, config="tiny", latent_frames=TINY_FRAMES).resolve().model,
-                              empty_schedules)
+def test_oobleck_graphs_build_for_cuda_and_their_gpu_schedules_are_right(graph, empty_schedules):
+    _assert_cuda_build_computes_what_onnxruntime_does(
+        GraphSelection(graph=graph, config="tiny", latent_frames=TINY_FRAMES).resolve().model, empty_schedules
+    )
+
+
+def _one_block_short(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """The kernel with its grid one block short along blockIdx.x: the bug a wrong bound makes."""
+
+    def shorten(loop):
+        if loop.thread_binding is None or loop.thread_binding.thread_tag != "blockIdx.x":
+            return loop
+        return tvm.tirx.For(loop.loop_var, loop.min, loop.extent - 1, loop.kind, loop.body, loop.thread_binding,
+                            loop.annotations, loop.step, loop.span)
+
+    return tvm_ffi.structural_map(func, [(tvm.tirx.For, shorten)])
+
+
+@needs_nvcc
+def test_a_wrong_gpu_schedule_fails_the_build_on_a_machine_without_the_gpu(tmp_path, empty_schedules, monkeypatch):
+    real_schedule = build_module.DefaultGPUSchedule
+
+    def schedule_with_a_short_col2im_grid():
+        def apply(mod):
+            mod = real_schedule()(mod)
+            for gv, func in list(mod.functions.items()):
+                if "col2im" in gv.name_hint:
+                    mod[gv] = _one_block_short(func)
+            return mod
+        return apply
+
+    monkeypatch.setattr(build_module, "DefaultGPUSchedule", schedule_with_a_short_col2im_grid)
+    options = tiny_build_options(tmp_path, empty_schedules, "convt5", target="cuda", emulate_on_host=True)
+    with pytest.raises(VerificationError, match=r"GPU kernels run on this CPU \(a GPU schedule is wrong\)"):
+        build(options)
+    kept = tmp_path / "convt5" / "cuda-sm_90.failed"
+    assert not read_manifest(kept).host_emulation.passed and not (tmp_path / "convt5" / "cuda-sm_90").exists()
+    with pytest.raises(UnverifiedArtifactError, match="a GPU schedule is wrong"):
+        load(kept)
+
+
+def test_emulating_a_cpu_build_on_the_host_is_refused(tmp_path, empty_schedules):
+    with pytest.raises(TargetError, match="for GPU targets.*drop --emulate-on-host"):
+        build(tiny_build_options(tmp_path, empty_schedules, "convt5", emulate_on_host=True))
+
+
+def test_host_kernels_keep_every_loop_bind_none_to_the_gpu_and_run_the_widest_block_loop_in_parallel():
+    for name, func in _gpu_scheduled_kernels("block1").items():
+        host = host_emulation.host_kernel(func)
+        blocks = [extent for tag, extent in _thread_extents(func).items() if tag.startswith("blockIdx")]
+        assert blocks, name
+        assert not _thread_extents(host), name
+        assert [int(loop.extent) for loop in _loops(host)] == [int(loop.extent) for loop in _loops(func)], name
+        (parallel,) = [loop for loop in _loops(host) if loop.kind == tvm.tirx.ForKind.PARALLEL]
+        assert int(parallel.extent) == max(blocks), name
+
+
+def _loops(func) -> list:
+    loops = []
+    tvm_ffi.structural_walk(func.body, [(tvm.tirx.For, loops.append)], order="pre")
+    return loops

@@ -66,7 +66,8 @@ class VectorUnit:
 
 
 # Half of the 2 MiB per-core L2 of the machines we measured on; the rest holds an input panel
-# and what streams through. 0.5 MiB measured slower on convt3/convt4, 2 MiB no better.
+# and what streams through. 0.5 MiB measured slower on convt3/convt4, 2 MiB no better. On a Zen 5
+# (1 MiB of L2 per core) 0.5 and 1 MiB measured the same (convt3, convt4, block3, block4 at T = 32).
 L2_BUDGET_BYTES = 1 << 20
 # Every row block copies the input panels again: below 32 row tiles (256 rows) the copies cost
 # more than the weight's cache misses (a 1024-channel k7 Conv1d with 4 tiles ran at 55 GFLOP/s).

@@ -78,13 +78,20 @@ class BuildResult:
 
     @property
     def passed(self) -> bool:
-        return self.manifest.verification is not None and self.manifest.verification.passed and not self.failed
+        return self.manifest.verification is not None and not self.failed
+
+    @property
+    def failed_checks(self) -> list[tuple[str, Verification]]:
+        """The checks that ran and disagreed with onnxruntime, each with where it ran (for messages)."""
+        checks = [
+            ("", self.manifest.verification),
+            ("with its GPU kernels run on this CPU (a GPU schedule is wrong): ", self.manifest.host_emulation),
+        ]
+        return [(where, check) for where, check in checks if check is not None and not check.passed]
 
     @property
     def failed(self) -> bool:
-        """A check ran and disagreed with onnxruntime (on the device, or the kernels run on the host)."""
-        checks = [self.manifest.verification, self.manifest.host_emulation]
-        return any(check is not None and not check.passed for check in checks)
+        return bool(self.failed_checks)
 
     @property
     def pending(self) -> bool:
@@ -241,16 +248,12 @@ def build(options: BuildOptions) -> BuildResult:
 
 def _mismatch(result: BuildResult, target_key: str) -> str:
     failures = []
-    for check, where in [
-        (result.manifest.verification, ""),
-        (result.manifest.host_emulation, "with its GPU kernels run on this CPU (a GPU schedule is wrong): "),
-    ]:
-        if check is not None and not check.passed:
-            worst = max(check.outputs, key=lambda o: o.max_rel_error)
-            failures.append(
-                f"{where}{worst.name} max abs error {worst.max_abs_error:.3e}, max rel {worst.max_rel_error:.3e} "
-                f"(rtol {check.rtol:g}, atol {check.atol:g})"
-            )
+    for where, check in result.failed_checks:
+        worst = max(check.outputs, key=lambda o: o.max_rel_error)
+        failures.append(
+            f"{where}{worst.name} max abs error {worst.max_abs_error:.3e}, max rel {worst.max_rel_error:.3e} "
+            f"(rtol {check.rtol:g}, atol {check.atol:g})"
+        )
     return (
         f"{result.graph} for {target_key} disagrees with onnxruntime: {'; '.join(failures)}; the build is kept "
         f"for inspection in {result.artifact}"

@@ -21,6 +21,8 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 
+from .runtime import numpy_outputs
+
 
 def _widest_block_loop(func: tirx.PrimFunc) -> tirx.Var | None:
     block_loops = []
@@ -66,5 +68,4 @@ def run(
     host = tvm.cpu()
     vm = relax.VirtualMachine(executable, host)
     result = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a), host) for a in [*inputs, *weights]))
-    results = list(result) if output_count > 1 else [result]
-    return [r.numpy() for r in results]
+    return numpy_outputs(result, output_count)

@@ -67,6 +67,12 @@ def time_calls(
     return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
 
 
+def numpy_outputs(result, count: int) -> list[np.ndarray]:
+    """A Relax VM's return value (one tensor, or a tuple of `count`) as a list of numpy arrays."""
+    results = list(result) if count > 1 else [result]
+    return [r.numpy() for r in results]
+
+
 class Model:
     """A loaded artifact. Call it with the graph inputs in order (or by name)."""
 
@@ -128,9 +134,7 @@ class Model:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run on a list of inputs in graph order; returns every output as numpy."""
-        result = self._vm["main"](*self._device_inputs(inputs), *self._params)
-        results = list(result) if len(self.outputs) > 1 else [result]
-        return [r.numpy() for r in results]
+        return numpy_outputs(self._vm["main"](*self._device_inputs(inputs), *self._params), len(self.outputs))
 
     def __call__(self, *args: np.ndarray, **named: np.ndarray):
         """One output comes back as an array, several as a tuple of arrays."""

@@ -1,18 +1,28 @@
 """The CPU GEMM schedule's choices: the micro-kernel for the target's vector registers, the
-weight streams on few positions, the width of the input panels."""
+weight streams on few positions, the width of the input panels, the work of each core."""
+
+import dataclasses
 
 import pytest
 import tvm
+import tvm_ffi
 
 from pipeline.build import build
+from pipeline.graphs import make_graph
+from pipeline.importer import import_onnx
+from pipeline.lowering import lower
 from pipeline.passes.default_cpu_schedule import (
     MIN_PANELS_PER_CORE,
     PANEL_BUDGET_BYTES,
+    DefaultCPUSchedule,
     VectorUnit,
+    _balanced,
     _subpanels,
+    _tiles_per_block,
     micro_kernel,
     weight_streams,
 )
+from pipeline.target import resolve_target
 
 from .conftest import tiny_build_options
 
@@ -73,4 +83,53 @@ def test_a_micro_kernel_of_part_of_a_row_tile_is_exact(tmp_path, empty_schedules
     machine's own vector unit is; every x86-64 machine runs that code."""
     target = {"kind": "llvm", "mcpu": "x86-64", "num-cores": 2}
     result = build(tiny_build_options(tmp_path, empty_schedules, graph, target=target))
+    assert result.passed, result.manifest.verification
+
+
+def test_row_blocks_split_where_the_panels_leave_cores_idle():
+    assert _tiles_per_block(128, panels=8, most=32, cores=2) == 32
+    assert _tiles_per_block(32, panels=1, most=32, cores=2) == 16
+    assert _tiles_per_block(32, panels=8, most=128, cores=16) == 16
+    for cores in (2, 3, 16, 64):
+        for row_tiles in (1, 7, 32, 128):
+            for panels in (1, 3, 8):
+                tiles = _tiles_per_block(row_tiles, panels, 32, cores)
+                assert 1 <= tiles <= 32
+                assert tiles == 1 or _balanced(-(-row_tiles // tiles) * panels, cores)
+
+
+def _parallel_extents(func: tvm.tirx.PrimFunc) -> list[int]:
+    extents = []
+
+    def visit(loop):
+        if loop.kind == tvm.tirx.ForKind.PARALLEL:
+            extents.append(int(loop.extent))
+        return loop
+
+    tvm_ffi.structural_map(func, [(tvm.tirx.For, visit)])
+    return extents
+
+
+def test_every_gemm_keeps_sixteen_cores_busy():
+    """SAO block1 on a chunk of 32 frames: its Conv1d k7 GEMMs have 8 input panels, which alone
+    kept 8 of 16 cores busy; with the row blocks in the parallel loop every core has work."""
+    target = resolve_target({"kind": "llvm", "mcpu": "znver4", "num-cores": 16})
+    lowered = lower(import_onnx(make_graph("block1", latent_frames=32).model).mod, target)
+    with target.tvm_target():
+        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    gemms = {gv.name_hint: f for gv, f in scheduled.functions.items() if "gemm" in gv.name_hint}
+    assert len(gemms) == 5  # the ConvTranspose, the k7 of each dilation, the k1 all three units share
+    for name, func in gemms.items():
+        assert _balanced(max(_parallel_extents(func)), 16), (name, _parallel_extents(func))
+
+
+@pytest.mark.parametrize("graph", ["block2", "block3"])
+def test_row_blocks_split_for_many_cores_are_exact(tmp_path, empty_schedules, graph):
+    """Tiny blocks built for 16 cores split their row blocks down to 1 and 2 tiles; run here on
+    however many threads this machine has, they still match onnxruntime."""
+    host = resolve_target("cpu")
+    target = dataclasses.replace(host, config={**host.config, "num-cores": 16}).config
+    options = tiny_build_options(tmp_path, empty_schedules, graph, target=target)
+    options.selection = dataclasses.replace(options.selection, latent_frames=2)
+    result = build(options)
     assert result.passed, result.manifest.verification

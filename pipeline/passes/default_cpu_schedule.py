@@ -9,9 +9,11 @@ The outermost, parallel loop is:
 - rows, where the whole (zero-padded) input fits in L2 and the weight is larger (the first Oobleck
   layer; on small chunks also the Conv1d of the first blocks): the input is first copied once
   (into contiguous column panels where the positions allow), the weight streams from memory once;
-- position panels otherwise, inside blocks of rows whose weight fits in L2; each panel of the
-  input is first copied to a contiguous buffer, because input rows a power-of-two apart collide
-  in the same cache sets (without the copy convt5's GEMM ran at 19 GFLOP/s, with it 76-88).
+- (blocks of rows whose weight fits in L2) x (position panels) otherwise, each core taking a run
+  of panels of one row block; each panel of the input is first copied to a contiguous buffer,
+  because input rows a power-of-two apart collide in the same cache sets (without the copy
+  convt5's GEMM ran at 19 GFLOP/s, with it 76-88). Where that loop is too short for the cores
+  (few positions on many cores), the row blocks are made smaller (_tiles_per_block).
   Without a halo (ConvTranspose, Conv1d k1) a panel spans several micro-kernel panels, stored one
   after another, so the copy and the epilogue walk long runs of each row (see PANEL_BUDGET_BYTES).
 MetaSchedule records, where present, replace it: kernels marked `tirx.is_scheduled` are left alone.
@@ -83,6 +85,8 @@ MIN_TILES_PER_BLOCK = 32
 # block5, 1 MiB slower on block4.
 PANEL_BUDGET_BYTES = 512 << 10
 MIN_PANELS_PER_CORE = 4
+# The share of the cores' time the parallel loop of a GEMM must keep busy (see _tiles_per_block).
+MIN_BALANCE = 0.9
 
 
 def _parallel_rows(sch: s_tir.Schedule, block) -> list:
@@ -155,6 +159,27 @@ def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int) -> int:
     return count
 
 
+def _balanced(items: int, cores: int) -> bool:
+    """Whether `items` equal parallel iterations keep `cores` threads busy MIN_BALANCE of the time."""
+    return items >= MIN_BALANCE * cores * -(-items // cores)
+
+
+def _tiles_per_block(row_tiles: int, panels: int, most: int, cores: int) -> int:
+    """Row tiles per row block where the input panels go outermost: `most`, or where the parallel
+    loop (row blocks x panels) would then leave cores idle (few positions on many cores), as many
+    equal row blocks as balance it. Every row block copies its panels again, which measured
+    cheaper than idle cores: an 8192-channel k3 Conv1d on 32 positions (one panel, 32 tiles), build
+    medians on 2 cores: 3.86 ms in 1 row block, 1.97 in 2, 2.05 in 4, 2.19 in 8, 2.56 in 32."""
+    fewest = -(-row_tiles // most)
+    if _balanced(fewest * panels, cores):
+        return most
+    for blocks in range(fewest + 1, row_tiles + 1):
+        tiles = -(-row_tiles // blocks)
+        if _balanced(-(-row_tiles // tiles) * panels, cores):
+            return tiles
+    return 1
+
+
 def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int) -> None:
     """Also for conv_gemm, whose kernel holds a zero-padding stage before the GEMM (inlined into
     the panel copy) and the fused elementwise ops after it (bias, Snake, residual add), which are
@@ -186,8 +211,8 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         row_parts.append(part)
     if rows_outside:
         panels, column = sch.split(positions, factors=[None, columns])
-        outer, inner = row_tiles, panels
-        sch.reorder(batch, outer, inner, *row_parts, *reduction, row, column)
+        inner = panels
+        sch.reorder(batch, row_tiles, panels, *row_parts, *reduction, row, column)
     else:
         channels = int(packed_weight.source.shape[2])
         # A Conv1d with taps reads past its panel's edge (a halo), and its panels cannot be cut
@@ -196,20 +221,23 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         subpanel_bytes = channels * columns * _element_bytes(data)
         subpanels = _subpanels(position_count // columns, subpanel_bytes, cores) if halo_free else 1
         panels, subpanel, column = sch.split(positions, factors=[None, subpanels, columns])
-        tiles_per_block = max(
-            MIN_TILES_PER_BLOCK, L2_BUDGET_BYTES // (channels * row_tile * _element_bytes(packed_weight))
+        tiles_per_block = _tiles_per_block(
+            _extent(sch, row_tiles),
+            _extent(sch, batch) * _extent(sch, panels),
+            max(MIN_TILES_PER_BLOCK, L2_BUDGET_BYTES // (channels * row_tile * _element_bytes(packed_weight))),
+            cores,
         )
         row_blocks, row_tiles = sch.split(row_tiles, factors=[None, tiles_per_block])
-        outer, inner = panels, subpanel
-        sch.reorder(row_blocks, batch, outer, row_tiles, subpanel, *row_parts, *reduction, row, column)
-    sch.parallel(sch.fuse(batch, outer))
+        inner = subpanel
+        sch.reorder(row_blocks, batch, panels, row_tiles, subpanel, *row_parts, *reduction, row, column)
+    sch.parallel(sch.fuse(batch, row_tiles) if rows_outside else sch.fuse(row_blocks, batch, panels))
     panel = sch.cache_read(block, 0, "global")
     for stage in padding:
         sch.compute_inline(stage)
     if not rows_outside:
         if subpanels > 1:
             sch.transform_layout(panel, ("write", 0), lambda n, c, p: (n, p // columns, c, p % columns))
-        sch.compute_at(panel, sch.get_loops(block)[1])
+        sch.compute_at(panel, sch.get_loops(block)[0])
     elif _extent(sch, positions_loop := sch.get_loops(panel)[-1]) % columns == 0:
         # One copy of the whole input, column panels contiguous: each micro-kernel then reads one
         # 64-byte line per channel instead of a strided piece of an input row.
@@ -236,7 +264,10 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         innermost = sch.get_loops(copy)[-1]
         # Unit loops vanish under compute_at, so the innermost loop can be one shared with others.
         own_loop = len(sch.get_child_blocks(innermost)) == 1
-        if own_loop and _extent(sch, innermost) % lanes == 0:
+        # A panel copy's channel count varies where row blocks and groups do not align (grouped
+        # ConvTranspose cut into row blocks for the cores); such a copy stays scalar.
+        extent = sch.get(innermost).extent
+        if own_loop and isinstance(extent, tirx.IntImm) and extent.value % lanes == 0:
             sch.vectorize(sch.split(innermost, factors=[None, lanes])[1])
 
 

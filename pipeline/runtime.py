@@ -8,6 +8,11 @@
 `load` refuses an artifact whose files differ from the manifest's sha256, that was built by another
 TVM version, or whose build failed verification; calls refuse inputs of the wrong shape or dtype.
 It needs nothing from the build: a fresh process with only this package and TVM installed can load it.
+
+A Model may be called from several threads: its calls run one at a time, since one TVM virtual
+machine called concurrently corrupts its state or crashes the process (measured: wrong-type
+errors, segfaults), and each call already runs its CPU kernels on every core. Load one Model per
+thread to run calls side by side.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +95,8 @@ class Model:
             self._params = [tvm.runtime.tensor(stored[spec.name], self.device) for spec in manifest.params]
         # The host threads that run CPU kernels (a GPU artifact runs on the GPU, its host code on one).
         self.threads = check_tvm_threads() if device == "cpu" else 1
+        # Held while the VM runs and its outputs are copied out (see the module docstring).
+        self._vm_lock = threading.Lock()
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -134,7 +142,9 @@ class Model:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run on a list of inputs in graph order; returns every output as numpy."""
-        return numpy_outputs(self._vm["main"](*self._device_inputs(inputs), *self._params), len(self.outputs))
+        tensors = self._device_inputs(inputs)
+        with self._vm_lock:
+            return numpy_outputs(self._vm["main"](*tensors, *self._params), len(self.outputs))
 
     def __call__(self, *args: np.ndarray, **named: np.ndarray):
         """One output comes back as an array, several as a tuple of arrays."""
@@ -145,7 +155,8 @@ class Model:
         """Latency of one call, timed by TVM's time_evaluator on the device."""
         args = [*self._device_inputs(inputs), *self._params]
         evaluator = self._vm.time_evaluator("main", self.device, number=1, repeat=repeats, min_repeat_ms=min_repeat_ms)
-        result = evaluator(*args)
+        with self._vm_lock:
+            result = evaluator(*args)
         per_call = [t * 1e3 for t in result.results]
         return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
 

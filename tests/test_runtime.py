@@ -133,3 +133,37 @@ def test_run_chunked_refuses_what_it_cannot_chunk(artifact):
         run_chunked(model, np.zeros((1, 32, 40), np.float32), overlap=16)
     with pytest.raises(InputError, match=r"\[1, 32\] \+ \[any length >= 16\]"):
         run_chunked(model, np.zeros((1, 31, 40), np.float32), overlap=4)
+
+
+def test_one_model_called_from_many_threads(tiny_builds):
+    """Concurrent calls into one TVM VM corrupted its state (wrong-type errors) or crashed the
+    process (the tiny decoder: every one of four tries); a Model runs them one at a time. In a
+    subprocess, so that a crash fails this test instead of the test run."""
+    script = textwrap.dedent(f"""
+        import threading
+        import numpy as np
+        import pipeline.runtime
+        model = pipeline.runtime.load({str(tiny_builds["decoder"].artifact)!r})
+        shape = model.inputs[0].shape
+        inputs = [np.random.default_rng(seed).standard_normal(shape).astype(np.float32) for seed in range(4)]
+        expected = [model(x) for x in inputs]
+        failures = []
+
+        def calls(worker):
+            for i in range(200):
+                k = (i + worker) % 4
+                try:
+                    if not np.array_equal(model(inputs[k]), expected[k]):
+                        failures.append(f"thread {{worker}}, call {{i}}: another output")
+                except Exception as exc:
+                    failures.append(f"thread {{worker}}, call {{i}}: {{exc!r}}")
+
+        threads = [threading.Thread(target=calls, args=(worker,)) for worker in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures[:3]
+    """)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -6,6 +6,12 @@ a machine without SMT (this project's 2-vCPU VM) that is half the cores: our GEM
 thread while onnxruntime used two (convt1's GEMM: 154 GFLOP/s on one thread, 293 on two). So
 before TVM starts its pool we size it from the physical cores this process may run on, unless
 the user has chosen a count.
+
+The pool belongs to the thread that ran the first kernel. A process forked after that (Python's
+multiprocessing with "fork", a pre-forking server) inherits the pool without its worker threads,
+and its next kernel waits for them forever: a forked child calling a model its parent had run hung
+(measured). A thread started in the child gets a pool of its own, so there `on_kernel_thread`
+runs kernels on one such thread.
 """
 
 from __future__ import annotations
@@ -13,7 +19,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +80,31 @@ def check_tvm_threads() -> int:
             "TVM_NUM_THREADS=%s in the environment before starting Python", threads, requested, requested,
         )
     return threads
+
+
+Result = TypeVar("Result")
+
+# Set in a forked child: (whether this process was forked, its kernel thread, the lock creating it).
+_forked = False
+_kernel_thread: ThreadPoolExecutor | None = None
+_kernel_thread_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _forked, _kernel_thread, _kernel_thread_lock
+    _forked, _kernel_thread, _kernel_thread_lock = True, None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def on_kernel_thread(call: Callable[[], Result]) -> Result:
+    """`call()`, which runs TVM CPU kernels: here, or in a forked process on a thread started
+    after the fork, whose TVM thread pool works (see the module docstring)."""
+    global _kernel_thread
+    if not _forked:
+        return call()
+    with _kernel_thread_lock:
+        if _kernel_thread is None:
+            _kernel_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tvm-kernels")
+    return _kernel_thread.submit(call).result()

@@ -12,7 +12,9 @@ It needs nothing from the build: a fresh process with only this package and TVM 
 A Model may be called from several threads: its calls run one at a time, since one TVM virtual
 machine called concurrently corrupts its state or crashes the process (measured: wrong-type
 errors, segfaults), and each call already runs its CPU kernels on every core. Load one Model per
-thread to run calls side by side.
+thread to run calls side by side. A process forked after its parent ran a model (multiprocessing's
+"fork", a pre-forking server) can call models too (cpu_threads.on_kernel_thread); forking while
+another thread is inside a call is not supported (the child inherits a half-run VM).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import tvm
 from tvm import relax
 
 from .artifact import PARAMS, Manifest, check_files, read_manifest
-from .cpu_threads import check_tvm_threads
+from .cpu_threads import check_tvm_threads, on_kernel_thread
 from .errors import ArtifactError, ArtifactVersionError, InputError, UnverifiedArtifactError
 from .devices import require_device
 from .importer import TensorSpec
@@ -144,7 +146,7 @@ class Model:
         """Run on a list of inputs in graph order; returns every output as numpy."""
         tensors = self._device_inputs(inputs)
         with self._vm_lock:
-            return numpy_outputs(self._vm["main"](*tensors, *self._params), len(self.outputs))
+            return on_kernel_thread(lambda: numpy_outputs(self._vm["main"](*tensors, *self._params), len(self.outputs)))
 
     def __call__(self, *args: np.ndarray, **named: np.ndarray):
         """One output comes back as an array, several as a tuple of arrays."""
@@ -156,7 +158,7 @@ class Model:
         args = [*self._device_inputs(inputs), *self._params]
         evaluator = self._vm.time_evaluator("main", self.device, number=1, repeat=repeats, min_repeat_ms=min_repeat_ms)
         with self._vm_lock:
-            result = evaluator(*args)
+            result = on_kernel_thread(lambda: evaluator(*args))
         per_call = [t * 1e3 for t in result.results]
         return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
 

@@ -167,3 +167,34 @@ def test_one_model_called_from_many_threads(tiny_builds):
     """)
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_forked_child_runs_models_its_parent_ran(tiny_builds):
+    """TVM's thread pool does not survive a fork: a child calling a model its parent had run hung
+    forever. Here the child runs that model and one it loads itself; 60 s is hundreds of times what
+    the calls take."""
+    artifact = str(tiny_builds["decoder"].artifact)
+    script = textwrap.dedent(f"""
+        import multiprocessing
+        import numpy as np
+        import pipeline.runtime
+        model = pipeline.runtime.load({artifact!r})
+        x = np.random.default_rng(0).standard_normal(model.inputs[0].shape).astype(np.float32)
+        expected = model(x)
+
+        def child(results):
+            loaded_here = pipeline.runtime.load({artifact!r})
+            results.put([bool(np.array_equal(m(x), expected)) for m in (model, loaded_here)])
+
+        fork = multiprocessing.get_context("fork")
+        results = fork.Queue()
+        process = fork.Process(target=child, args=(results,))
+        process.start()
+        process.join(60)
+        if process.is_alive():
+            process.kill()
+            raise SystemExit("the forked child hung")
+        assert process.exitcode == 0 and results.get() == [True, True]
+    """)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -69,11 +69,12 @@ def tvm_threads() -> int:
 
 
 def check_tvm_threads() -> int:
-    """TVM's thread count; warns where it is below the count asked for, which happens when TVM
-    started its thread pool before `pipeline` was imported."""
+    """TVM's thread count; warns where it is below the count asked for (up to the CPUs this
+    process may use), which happens when TVM started its thread pool before `pipeline` was imported."""
     threads = tvm_threads()
     requested = next((os.environ[name] for name in THREAD_COUNT_VARIABLES if os.environ.get(name)), None)
-    if requested is not None and requested.isdigit() and threads < int(requested):
+    # TVM runs no more threads than the CPUs it may use (TVM_NUM_THREADS=4 on 2 CPUs gave 2).
+    if requested is not None and requested.isdigit() and threads < min(int(requested), len(allowed_cpus())):
         log.warning(
             "TVM runs CPU kernels on %d thread(s), not the %s asked for: TVM started its thread pool "
             "before `pipeline` was imported. Import pipeline before running any TVM kernel, or set "

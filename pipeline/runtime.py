@@ -97,6 +97,14 @@ class Model:
             self._params = [tvm.runtime.tensor(stored[spec.name], self.device) for spec in manifest.params]
         # The host threads that run CPU kernels (a GPU artifact runs on the GPU, its host code on one).
         self.threads = check_tvm_threads() if device == "cpu" else 1
+        scheduled_for = manifest.target.config.get("num-cores") if device == "cpu" else None
+        if scheduled_for is not None and self.threads > int(scheduled_for):
+            # The GEMMs size their parallel loops and row blocks for the target's cores.
+            log.warning(
+                "%s was scheduled for %s cores and runs here on %d threads, so its kernels may leave "
+                "some of them idle: build it on this machine (`--target cpu`) to use them all",
+                path, scheduled_for, self.threads,
+            )
         # Held while the VM runs and its outputs are copied out (see the module docstring).
         self._vm_lock = threading.Lock()
 

@@ -1,4 +1,5 @@
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -198,3 +199,14 @@ def test_a_forked_child_runs_models_its_parent_ran(tiny_builds):
     """)
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("threads_per_core", "warned"), [(2, True), (1, False)])
+def test_loading_on_more_threads_than_scheduled_for_warns(artifact, monkeypatch, caplog, threads_per_core, warned):
+    """The tiny builds are scheduled for this machine's cores; TVM is made to report twice or
+    exactly as many threads."""
+    scheduled_for = int(read_manifest(artifact).target.config["num-cores"])
+    monkeypatch.setattr("pipeline.runtime.check_tvm_threads", lambda: threads_per_core * scheduled_for)
+    with caplog.at_level(logging.WARNING, logger="pipeline.runtime"):
+        load(artifact)
+    assert ("was scheduled for" in caplog.text) == warned

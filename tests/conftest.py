@@ -1,11 +1,20 @@
 import os
 
 import pytest
+import tvm
+import tvm_ffi
 
 from pipeline.build import BuildOptions, build
 from pipeline.graphs import GraphSelection, list_graphs, load_config
 
 TINY_FRAMES = 2
+
+
+def tir_loops(func: tvm.tirx.PrimFunc) -> list[tvm.tirx.For]:
+    """Every loop of a kernel, outermost first."""
+    loops = []
+    tvm_ffi.structural_walk(func.body, [(tvm.tirx.For, loops.append)], order="pre")
+    return loops
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,7 +3,6 @@ weight streams on few positions, the width of the input panels, the work of each
 
 import pytest
 import tvm
-import tvm_ffi
 
 from pipeline.build import build
 from pipeline.graphs import make_graph
@@ -23,7 +22,7 @@ from pipeline.passes.default_cpu_schedule import (
 )
 from pipeline.target import resolve_target
 
-from .conftest import tiny_build_options
+from .conftest import tiny_build_options, tir_loops
 
 SUBPANEL_128_CHANNELS = 128 * 32 * 4  # 32 positions of 128 fp32 channels
 AVX512 = VectorUnit.of(tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake"}))
@@ -98,15 +97,7 @@ def test_row_blocks_split_where_the_panels_leave_cores_idle():
 
 
 def _parallel_extents(func: tvm.tirx.PrimFunc) -> list[int]:
-    extents = []
-
-    def visit(loop):
-        if loop.kind == tvm.tirx.ForKind.PARALLEL:
-            extents.append(int(loop.extent))
-        return loop
-
-    tvm_ffi.structural_map(func, [(tvm.tirx.For, visit)])
-    return extents
+    return [int(loop.extent) for loop in tir_loops(func) if loop.kind == tvm.tirx.ForKind.PARALLEL]
 
 
 def test_every_gemm_keeps_sixteen_cores_busy():

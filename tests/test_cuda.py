@@ -34,7 +34,7 @@ from pipeline.target import resolve_target
 from pipeline.tuning import ScheduleStore, TuneOptions, tune
 from pipeline.verify import DEFAULT_INPUT_SEED, Tolerance, verify_artifact
 
-from .conftest import TINY_FRAMES, tiny_build_options
+from .conftest import TINY_FRAMES, tiny_build_options, tir_loops
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 GPU_PRESENT = tvm.cuda(0).exist
@@ -274,12 +274,8 @@ def test_host_kernels_keep_every_loop_bind_none_to_the_gpu_and_run_the_widest_bl
         blocks = [extent for tag, extent in _thread_extents(func).items() if tag.startswith("blockIdx")]
         assert blocks, name
         assert not _thread_extents(host), name
-        assert [int(loop.extent) for loop in _loops(host)] == [int(loop.extent) for loop in _loops(func)], name
-        (parallel,) = [loop for loop in _loops(host) if loop.kind == tvm.tirx.ForKind.PARALLEL]
+        assert [int(loop.extent) for loop in tir_loops(host)] == [int(loop.extent) for loop in tir_loops(func)], name
+        (parallel,) = [loop for loop in tir_loops(host) if loop.kind == tvm.tirx.ForKind.PARALLEL]
         assert int(parallel.extent) == max(blocks), name
 
 
-def _loops(func) -> list:
-    loops = []
-    tvm_ffi.structural_walk(func.body, [(tvm.tirx.For, loops.append)], order="pre")
-    return loops

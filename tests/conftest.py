@@ -1,11 +1,14 @@
 import os
 
 import pytest
-import tvm
-import tvm_ffi
 
+# pipeline before tvm: importing pipeline loads the stand-in libcuda.so.1 where there is no NVIDIA
+# driver, and TVM, imported first, would build CUDA modules holding source only (cuda_driver).
 from pipeline.build import BuildOptions, build
 from pipeline.graphs import GraphSelection, list_graphs, load_config
+
+import tvm  # noqa: I001
+import tvm_ffi
 
 TINY_FRAMES = 2
 

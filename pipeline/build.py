@@ -35,6 +35,7 @@ from .artifact import (
     sha256_file,
     write_manifest,
 )
+from .cpu_threads import on_kernel_thread
 from .errors import BuildError, TargetError, VerificationError
 from .graphs import GraphSelection
 from .importer import ImportedGraph, TensorSpec, import_onnx
@@ -114,8 +115,8 @@ class CompiledGraph:
     def prepare_weights(self, weights: list[np.ndarray]) -> list[np.ndarray]:
         host = tvm.cpu()
         vm = relax.VirtualMachine(self.weight_preparation, host)
-        prepared = vm[WEIGHT_PREPARATION](tvm.runtime.convert([tvm.runtime.tensor(w, host) for w in weights]))
-        return [p.numpy() for p in prepared]
+        tensors = tvm.runtime.convert([tvm.runtime.tensor(w, host) for w in weights])
+        return on_kernel_thread(lambda: [p.numpy() for p in vm[WEIGHT_PREPARATION](tensors)])
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ The pool belongs to the thread that ran the first kernel. A process forked after
 multiprocessing with "fork", a pre-forking server) inherits the pool without its worker threads,
 and its next kernel waits for them forever: a forked child calling a model its parent had run hung
 (measured). A thread started in the child gets a pool of its own, so there `on_kernel_thread`
-runs kernels on one such thread.
+runs kernels on one such thread; every call of ours into a TVM VM goes through it.
 """
 
 from __future__ import annotations

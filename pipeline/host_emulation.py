@@ -21,6 +21,7 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 
+from .cpu_threads import on_kernel_thread
 from .runtime import numpy_outputs
 
 
@@ -67,5 +68,5 @@ def run(
     """Run `main` of a host-compiled `host_module` on the graph inputs and the prepared weights."""
     host = tvm.cpu()
     vm = relax.VirtualMachine(executable, host)
-    result = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a), host) for a in [*inputs, *weights]))
-    return numpy_outputs(result, output_count)
+    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a), host) for a in [*inputs, *weights]]
+    return on_kernel_thread(lambda: numpy_outputs(vm["main"](*tensors), output_count))

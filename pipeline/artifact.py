@@ -42,6 +42,8 @@ class GraphRecord:
     onnx_sha256: str
     latent_frames: int | None
     seed: int | None
+    # The static shapes a user's ONNX file with symbolic input dimensions was built for.
+    input_shapes: dict[str, list[int]] | None = None
 
 
 @dataclass(frozen=True)

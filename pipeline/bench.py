@@ -41,6 +41,8 @@ class BenchOptions:
     # Named graphs, then the user's ONNX files (each row named after its file); at least one of the two.
     graphs: list[str]
     onnx_files: list[Path] = field(default_factory=list)
+    # For ONNX files with symbolic input dimensions: input name -> static shape, for every file.
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     config: str = "sao"
     latent_frames: int = 128
     target: str | dict | TargetSpec = "cpu"
@@ -167,7 +169,7 @@ def _selections(options: BenchOptions) -> list[GraphSelection]:
         GraphSelection(graph=name, config=options.config, latent_frames=options.latent_frames)
         for name in options.graphs
     ]
-    selections += [GraphSelection(onnx=Path(path)) for path in options.onnx_files]
+    selections += [GraphSelection(onnx=Path(path), input_shapes=options.input_shapes) for path in options.onnx_files]
     if not selections:
         raise GraphError("nothing to bench: name a graph (--graph) or an ONNX file (--onnx)")
     return selections
@@ -245,7 +247,9 @@ def bench(options: BenchOptions) -> BenchReport:
         rows, described, peak.gflops, peak.what, machine=_machine(target),
         settings={"config": options.config if options.graphs else None,
                   "latent_frames": options.latent_frames if options.graphs else None,
-                  "onnx_files": [str(path) for path in options.onnx_files], "target": target.key,
+                  "onnx_files": [str(path) for path in options.onnx_files],
+                  "input_shapes": {name: list(shape) for name, shape in options.input_shapes.items()},
+                  "target": target.key,
                   "repeats": options.repeats},
     )
     write_report(report, options.out)
@@ -263,9 +267,10 @@ def _where(machine: dict) -> str:
 
 
 def _scope(settings: dict) -> str:
+    shapes = "".join(f"{name} {shape}, " for name, shape in settings.get("input_shapes", {}).items())
     if settings.get("latent_frames") is None:
-        return ""
-    return f"T = {settings['latent_frames']} latent frames, config {settings['config']}, "
+        return shapes
+    return f"T = {settings['latent_frames']} latent frames, config {settings['config']}, {shapes}"
 
 
 def markdown_table(report: BenchReport) -> str:

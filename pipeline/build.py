@@ -206,7 +206,8 @@ def build(options: BuildOptions) -> BuildResult:
         manifest = Manifest(
             format=FORMAT,
             graph=GraphRecord(
-                source.name, source.origin, sha256_file(stage.dir / SOURCE_ONNX), source.latent_frames, source.seed
+                source.name, source.origin, sha256_file(stage.dir / SOURCE_ONNX), source.latent_frames, source.seed,
+                source.input_shapes,
             ),
             inputs=imported.inputs,
             outputs=imported.outputs,

@@ -361,6 +361,8 @@ class GraphSource:
     origin: str  # "oobleck:<config>" or the path of a user's ONNX file
     latent_frames: int | None = None
     seed: int | None = None
+    # The shapes given to a user's ONNX file whose inputs had symbolic dimensions.
+    input_shapes: dict[str, list[int]] | None = None
 
 
 def list_graphs(config: OobleckConfig) -> list[GraphInfo]:
@@ -432,8 +434,62 @@ def make_graph(
     return GraphSource(name, model, f"oobleck:{config.name}", latent_frames, seed)
 
 
-def load_onnx_file(path: str | Path) -> GraphSource:
-    """Read a user's ONNX file; the graph is named after the file."""
+def _shape_text(dims) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else repr(d.dim_param or "?") for d in dims) + "]"
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], origin: str) -> None:
+    """Give the inputs of a model exported with dynamic axes (symbolic dimensions such as 'T' or
+    'batch') the static shapes we compile for, in place. A symbolic name takes its size wherever
+    the model uses it; the output shapes are then inferred from the inputs."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = {value.name: value for value in model.graph.input if value.name not in initializers}
+    sizes: dict[str, int] = {}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise GraphError(f"{origin} has no input {name!r} to give a shape; its inputs are {sorted(inputs)}")
+        dims = inputs[name].type.tensor_type.shape.dim
+        declared = _shape_text(dims)
+        if len(shape) != len(dims) or any(size < 1 for size in shape):
+            raise GraphError(
+                f"input {name!r} of {origin} has shape {declared}: give it {len(dims)} sizes of at least 1, "
+                f"got {list(shape)}"
+            )
+        for dim, size in zip(dims, shape):
+            if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != size:
+                raise GraphError(
+                    f"input {name!r} of {origin} has shape {declared}, and {list(shape)} changes a size "
+                    f"fixed in the model: only its symbolic sizes can be chosen"
+                )
+            if dim.dim_param and sizes.setdefault(dim.dim_param, size) != size:
+                raise GraphError(
+                    f"dimension {dim.dim_param!r} of {origin} is given two sizes, {sizes[dim.dim_param]} and "
+                    f"{size}: inputs that share it must agree"
+                )
+            dim.Clear()
+            dim.dim_value = size
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in sizes:
+                size = sizes[dim.dim_param]
+                dim.Clear()
+                dim.dim_value = size
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise GraphError(
+            f"{origin} with input shapes {shapes} fails ONNX shape inference: "
+            f"{str(exc).strip().splitlines()[0]}; check the sizes"
+        ) from exc
+    for output, shaped in zip(model.graph.output, inferred.graph.output):
+        dims = shaped.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            output.type.tensor_type.shape.CopyFrom(shaped.type.tensor_type.shape)
+
+
+def load_onnx_file(path: str | Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> GraphSource:
+    """Read a user's ONNX file, with `input_shapes` for its symbolic input dimensions (see
+    fix_input_shapes); the graph is named after the file."""
     path = Path(path)
     if not path.is_file():
         raise GraphError(f"ONNX file {path} does not exist")
@@ -441,13 +497,16 @@ def load_onnx_file(path: str | Path) -> GraphSource:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for damaged files
         raise GraphError(f"{path} is not a readable ONNX model ({exc}); export it again") from exc
+    if input_shapes:
+        fix_input_shapes(model, input_shapes, str(path))
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise GraphError(
             f"{path} fails onnx.checker (with shape inference): {str(exc).strip().splitlines()[0]}; fix the exporter"
         ) from exc
-    return GraphSource(path.stem, model, str(path.resolve()))
+    fixed = {name: list(shape) for name, shape in input_shapes.items()} if input_shapes else None
+    return GraphSource(path.stem, model, str(path.resolve()), input_shapes=fixed)
 
 
 def export_graph(source: GraphSource, path: str | Path) -> Path:
@@ -466,12 +525,19 @@ class GraphSelection:
     config: str = DEFAULT_CONFIG
     latent_frames: int = DEFAULT_LATENT_FRAMES
     seed: int = DEFAULT_SEED
+    # For an ONNX file exported with dynamic axes: input name -> the static shape to compile for.
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def resolve(self) -> GraphSource:
         if (self.graph is None) == (self.onnx is None):
             raise GraphError("name exactly one graph: a named graph (--graph) or an ONNX file (--onnx)")
         if self.onnx is not None:
-            return load_onnx_file(self.onnx)
+            return load_onnx_file(self.onnx, self.input_shapes)
+        if self.input_shapes:
+            raise GraphError(
+                f"input shapes are for an ONNX file (--onnx); the named graph {self.graph!r} takes its "
+                f"length from --latent-frames"
+            )
         return make_graph(self.graph, self.config, self.latent_frames, self.seed)
 
 

@@ -59,9 +59,11 @@ def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
         for dim in tensor_type.shape.dim:
             if not dim.HasField("dim_value") or dim.dim_value <= 0:
                 label = dim.dim_param or "?"
+                shown = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else "<size>" for d in tensor_type.shape.dim]
                 raise UnsupportedModelError(
                     f"input {value.name!r} has a symbolic dimension {label!r}; we compile static shapes "
-                    f"only: fix it (e.g. onnxruntime.tools.make_dynamic_shape_fixed) and build again"
+                    f"only: give its shape with --input-shape {value.name}={','.join(map(str, shown))} "
+                    f"(Python: GraphSelection(input_shapes=...)) and build again"
                 )
             dims.append(dim.dim_value)
         if tensor_type.elem_type not in ONNX_DTYPES:

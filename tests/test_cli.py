@@ -64,12 +64,33 @@ def test_build_and_bench_from_onnx_path(tmp_path, empty_schedules):
     assert "| mine |" in bench.stdout and "| convt" not in bench.stdout
 
 
+def test_build_and_bench_a_dynamic_onnx_with_input_shape(tmp_path, empty_schedules):
+    import onnx
+
+    cli("graphs", "--graph", "convt2", "--config", "tiny", "-T", "1", "--export", tmp_path / "dyn.onnx")
+    model = onnx.load(tmp_path / "dyn.onnx")
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "length"
+    model.graph.output[0].type.tensor_type.shape.dim[2].dim_param = "out_length"
+    onnx.save(model, tmp_path / "dyn.onnx")
+    given = ["--input-shape", f"x={shape[0]},{shape[1]},{2 * shape[2]}"]
+    assert "--input-shape x=1," in cli("build", "--onnx", tmp_path / "dyn.onnx", check=False).stderr
+    build = cli("build", "--onnx", tmp_path / "dyn.onnx", *given, "--out", tmp_path / "art", "--schedules", empty_schedules)
+    assert any(line.startswith("dyn ") and "✓" in line for line in build.stdout.splitlines())
+    bench = cli("bench", "--onnx", tmp_path / "dyn.onnx", *given, "--repeats", "2", "--out", tmp_path / "bench",
+                "--artifacts", tmp_path / "art", "--schedules", empty_schedules)
+    assert f"x [{shape[0]}, {shape[1]}, {2 * shape[2]}]" in bench.stdout and "| dyn |" in bench.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["build", "--graph", "convt7", "--config", "tiny"], "no graph named 'convt7'"),
     (["build", "--onnx", "nowhere.onnx"], "does not exist"),
     (["build", "--graph", "convt1", "--target", "tpu"], "unknown target 'tpu'"),
     (["verify", "."], "is not an artifact"),
     (["build", "--graph", "convt5", "--config", "tiny", "--emulate-on-host"], "drop --emulate-on-host"),
+    (["build", "--graph", "convt5", "--input-shape", "x=1,4,8"], "input shapes are for an ONNX file (--onnx)"),
+    (["build", "--onnx", "m.onnx", "--input-shape", "x=1,four"], "'x=1,four' is not NAME=D0,D1,..."),
+    (["build", "--onnx", "m.onnx", "--input-shape", "x=1,2", "--input-shape", "x=1,3"], "gives 'x' two shapes"),
 ])
 def test_user_errors_are_one_clear_line(args, message):
     done = cli(*args, check=False)

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.build import BuildOptions, build
 from pipeline.graphs import GraphSelection
-from pipeline.runtime import load
+from pipeline.runtime import load, run_chunked
 
 pytest.importorskip("torch", reason="exporting from PyTorch needs torch: pip install -e '.[torch]'")
 import torch
@@ -67,9 +67,10 @@ def oobleck_decoder(channels: int) -> nn.Module:
     )
 
 
-def _export(model: nn.Module, x, path, exporter: str) -> None:
+def _export(model: nn.Module, x, path, exporter: str, dynamic_length: bool = False) -> None:
     """The TorchScript exporter, or torch.export's (the default from torch 2.9, needs onnxscript;
-    it writes the weights to a file beside the model and the 2 of SnakeBeta as an initializer)."""
+    it writes the weights to a file beside the model and the 2 of SnakeBeta as an initializer).
+    `dynamic_length`: the latents' length (and the TorchScript one's batch) as symbolic dimensions."""
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         if exporter == "dynamo":
             pytest.skip(f"torch {torch.__version__} has no torch.export-based ONNX exporter")
@@ -78,6 +79,10 @@ def _export(model: nn.Module, x, path, exporter: str) -> None:
         choice = {"dynamo": exporter == "dynamo"}
     if exporter == "dynamo":
         pytest.importorskip("onnxscript", reason="torch.onnx's dynamo exporter needs onnxscript")
+        if dynamic_length:
+            choice["dynamic_shapes"] = ({2: torch.export.Dim("frames", min=2, max=4096)},)
+    elif dynamic_length:
+        choice["dynamic_axes"] = {"latents": {0: "batch", 2: "frames"}, "audio": {0: "batch", 2: "samples"}}
     torch.onnx.export(model, (x,), str(path), input_names=["latents"], output_names=["audio"], opset_version=18, **choice)
 
 
@@ -96,4 +101,25 @@ def test_a_decoder_exported_from_pytorch_builds_and_matches_pytorch(tmp_path, em
     assert result.passed, result.manifest.verification
     actual = load(result.artifact)(latents.numpy())
     assert actual.shape == (1, 2, 3 * math.prod(STRIDES))
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_a_decoder_exported_with_dynamic_length_builds_for_a_chunk_and_decodes_any_length(
+    tmp_path, empty_schedules, exporter
+):
+    """Export once with a symbolic length, build for chunks of 24 frames, decode 40 frames in
+    chunks (overlap 20 covers the decoder's receptive radius): the result is PyTorch's on all 40."""
+    torch.manual_seed(0)
+    model = oobleck_decoder(channels=4).eval()
+    latents = torch.randn(1, LATENT_CHANNELS, 40)
+    with torch.no_grad():
+        _export(model, latents[:, :, :3], tmp_path / "oobleck.onnx", exporter, dynamic_length=True)
+        expected = model(latents).numpy()
+    selection = GraphSelection(onnx=tmp_path / "oobleck.onnx", input_shapes={"latents": (1, LATENT_CHANNELS, 24)})
+
+    result = build(BuildOptions(selection, out=tmp_path, schedules=empty_schedules, timing_repeats=2))
+
+    assert result.passed, result.manifest.verification
+    actual = run_chunked(load(result.artifact), latents.numpy(), overlap=20)
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4 * np.abs(expected).max())

@@ -11,7 +11,7 @@ from ..build import DEFAULT_GRAPHS
 from ..graphs import DEFAULT_CONFIG, DEFAULT_LATENT_FRAMES
 from ..target import DEFAULT_CUDA_ARCH
 from ..tuning import SCHEDULES_DIR
-from .options import target_choice
+from .options import add_input_shape_argument, input_shapes, target_choice
 
 HELP = (
     "time our build against onnxruntime (CPU) or PyTorch eager (CUDA) on the same inputs; writes "
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--onnx", action="append", type=Path, default=[],
         help="an ONNX file with static input shapes (row named after the file); repeat for more",
     )
+    add_input_shape_argument(parser)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--latent-frames", "-T", type=int, default=DEFAULT_LATENT_FRAMES)
     parser.add_argument("--target", default="cpu", help="'cpu' (default), 'cuda', or a TVM target dict as JSON")
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     report = bench(BenchOptions(
         graphs=args.graph or ([] if args.onnx else list(DEFAULT_GRAPHS)), onnx_files=args.onnx,
+        input_shapes=input_shapes(args),
         config=args.config, latent_frames=args.latent_frames, target=target_choice(args), schedules=args.schedules,
         artifacts=args.artifacts, out=args.out, repeats=args.repeats, with_stock=args.with_stock,
         baseline=args.baseline,

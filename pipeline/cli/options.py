@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import TargetError
+from ..errors import GraphError, TargetError
 from ..lowering import DEFAULT_LOWERING, LOWERINGS
 from ..graphs import DEFAULT_CONFIG, DEFAULT_LATENT_FRAMES, DEFAULT_SEED, GraphSelection
 from ..target import DEFAULT_CUDA_ARCH
@@ -21,6 +21,35 @@ def add_graph_arguments(parser: argparse.ArgumentParser, required: bool) -> None
         help=f"chunk length in latent frames (default {DEFAULT_LATENT_FRAMES})",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weight seed of the named graphs")
+    add_input_shape_argument(parser)
+
+
+def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME=D0,D1,... (the name may itself hold '=')."""
+    name, _, sizes = text.rpartition("=")
+    try:
+        shape = tuple(int(size) for size in sizes.split(","))
+    except ValueError:
+        shape = ()
+    if not name or not shape:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=D0,D1,... (e.g. latents=1,64,128)")
+    return name, shape
+
+
+def add_input_shape_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-shape", type=input_shape, action="append", default=[], metavar="NAME=D0,D1,...",
+        help="the static shape of an input of --onnx whose dimensions are symbolic (exported with dynamic "
+        "axes), e.g. latents=1,64,128; repeat for more inputs",
+    )
+
+
+def input_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, shape in args.input_shape:
+        if shapes.setdefault(name, shape) != shape:
+            raise GraphError(f"--input-shape gives {name!r} two shapes, {list(shapes[name])} and {list(shape)}")
+    return shapes
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,5 +77,5 @@ def target_choice(args: argparse.Namespace) -> str | dict:
 def graph_selection(args: argparse.Namespace) -> GraphSelection:
     return GraphSelection(
         graph=args.graph, onnx=args.onnx, config=args.config,
-        latent_frames=args.latent_frames, seed=args.seed,
+        latent_frames=args.latent_frames, seed=args.seed, input_shapes=input_shapes(args),
     )

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", action="append", help="a named graph; repeat for more (default convt1..convt5)")
     parser.add_argument(
         "--onnx", action="append", type=Path, default=[],
-        help="an ONNX file with static input shapes (row named after the file); repeat for more",
+        help="an ONNX file (row named after the file; symbolic input dimensions need --input-shape); repeat for more",
     )
     add_input_shape_argument(parser)
     parser.add_argument("--config", default=DEFAULT_CONFIG)

@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from pipeline.errors import InputError
 from pipeline.wav import write_wav
 
 from .test_cli import cli
-
-wavfile = pytest.importorskip("scipy.io.wavfile", reason="reading WAV files back needs scipy (xgboost-cpu brings it)")
 
 
 @pytest.mark.parametrize("shape", [(2, 1001), (1, 2, 1001), (1, 37)])

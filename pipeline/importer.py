@@ -13,6 +13,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from .errors import UnsupportedModelError
 from .passes.convtranspose_explicit_pads import make_convtranspose_padding_explicit
+from .passes.fold_shape_arithmetic import fold_shape_arithmetic
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,9 @@ def import_onnx(model: onnx.ModelProto) -> ImportedGraph:
     model, rewrites = make_convtranspose_padding_explicit(model)
     for line in rewrites:
         log.info("explicit ConvTranspose padding: %s", line)
+    model, folded = fold_shape_arithmetic(model)
+    for line in folded:
+        log.info("shape arithmetic folded: %s", line)
     try:
         mod = from_onnx(model, keep_params_in_input=True)
     except Exception as exc:  # the frontend raises bare Python and TVM errors for unsupported ops

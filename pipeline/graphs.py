@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import GraphError
+from .onnx_shapes import infer_shapes
 
 GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
 DEFAULT_CONFIG = "sao"
@@ -475,7 +476,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                 dim.Clear()
                 dim.dim_value = size
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        inferred = infer_shapes(model, strict_mode=True)
     except onnx.shape_inference.InferenceError as exc:
         raise GraphError(
             f"{origin} with input shapes {shapes} fails ONNX shape inference: "
@@ -546,7 +547,7 @@ def useful_flops(model: onnx.ModelProto) -> int:
 
     ConvTranspose counts 2 * N * Cin * Cout/group * prod(kernel) * prod(input spatial), i.e. no
     multiplication by inserted zeros; Conv counts the same per output position."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = infer_shapes(model)
     shapes = {
         v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)

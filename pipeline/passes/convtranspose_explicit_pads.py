@@ -17,6 +17,7 @@ import onnx
 from onnx import helper
 
 from ..errors import UnsupportedModelError
+from ..onnx_shapes import value_shapes
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -27,21 +28,6 @@ def _attributes(node: onnx.NodeProto) -> dict:
 
 def _decode(value):
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _input_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:  # onnx raises InferenceError and others for inconsistent models
-        raise UnsupportedModelError(f"ONNX shape inference fails on this model ({exc}); fix the model") from exc
-    shapes = {}
-    graph = inferred.graph
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    for init in graph.initializer:
-        shapes[init.name] = list(init.dims)
-    return shapes
 
 
 def _explicit(node: onnx.NodeProto, attrs: dict, x_shape: list[int], w_shape: list[int]) -> dict:
@@ -108,7 +94,7 @@ def make_convtranspose_padding_explicit(model: onnx.ModelProto) -> tuple[onnx.Mo
         return model, []  # no copy of the (possibly large) model
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
-    shapes = _input_shapes(rewritten)
+    shapes = value_shapes(rewritten)
     changes = []
     for node in rewritten.graph.node:
         if not _needs_rewrite(node):

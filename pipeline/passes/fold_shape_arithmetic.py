@@ -21,7 +21,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ..errors import UnsupportedModelError
+from ..onnx_shapes import value_shapes
 
 # Ops that exporters use on shapes; all deterministic, all with small integer results here.
 SHAPE_OPS = frozenset({
@@ -41,16 +41,7 @@ INTEGER_TYPES = frozenset({
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Static shapes of the values, also after a Reshape to a computed shape (data propagation)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # onnx raises InferenceError and others for inconsistent models
-        raise UnsupportedModelError(f"ONNX shape inference fails on this model ({exc}); fix the model") from exc
-    shapes = {}
-    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        if value.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
-    return shapes
+    return {name: dims for name, dims in value_shapes(model, data_prop=True).items() if dims is not None and None not in dims}
 
 
 def _shape_of(node: onnx.NodeProto, shape: list[int]) -> np.ndarray:

@@ -33,20 +33,25 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = DEFAULT_SA
     if sample_rate < 1:
         raise InputError(f"the sample rate must be a positive number of Hz, got {sample_rate}")
     channels, samples = audio.shape
-    data = np.ascontiguousarray(audio.T, dtype="<f4").tobytes()
+    interleaved = np.ascontiguousarray(audio.T, dtype="<f4")
     block_align = channels * SAMPLE_BYTES
     fmt = struct.pack(
         "<HHIIHHH", WAVE_FORMAT_IEEE_FLOAT, channels, sample_rate, sample_rate * block_align, block_align,
         8 * SAMPLE_BYTES, 0,
     )
     # Non-PCM WAV files carry a 'fact' chunk with the number of sample frames.
-    chunks = [(b"fmt ", fmt), (b"fact", struct.pack("<I", samples)), (b"data", data)]
-    body = b"WAVE" + b"".join(tag + struct.pack("<I", len(payload)) + payload for tag, payload in chunks)
-    if len(body) > 0xFFFFFFFF:
+    headers = [(b"fmt ", fmt), (b"fact", struct.pack("<I", samples))]
+    riff_size = 4 + sum(8 + len(payload) for _, payload in headers) + 8 + interleaved.nbytes
+    if riff_size > 0xFFFFFFFF:
         raise InputError(f"{samples} samples x {channels} channels exceed the 4 GiB a WAV file can hold; write .npy")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with open(partial, "wb") as f:
-        f.write(b"RIFF" + struct.pack("<I", len(body)) + body)
+        f.write(b"RIFF" + struct.pack("<I", riff_size) + b"WAVE")
+        for tag, payload in headers:
+            f.write(tag + struct.pack("<I", len(payload)) + payload)
+        # The samples go out from the array itself, not from a copy of them as bytes.
+        f.write(b"data" + struct.pack("<I", interleaved.nbytes))
+        f.write(interleaved)
     os.replace(partial, path)
     return path

@@ -22,10 +22,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .data_files import data_folder
 from .errors import GraphError
 from .onnx_shapes import infer_shapes
 
-GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
+GRAPHS_DIR = data_folder("graphs")
 DEFAULT_CONFIG = "sao"
 DEFAULT_LATENT_FRAMES = 128
 DEFAULT_SEED = 0

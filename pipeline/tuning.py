@@ -24,6 +24,7 @@ from tvm.ir.utils import derived_object
 
 from . import devices
 from .artifact import AppliedSchedules
+from .data_files import data_folder, inside_installed_package
 from .errors import TuningError
 from .graphs import GraphSelection
 from .importer import import_onnx
@@ -33,7 +34,7 @@ from .target import TargetSpec, resolve_target
 
 log = logging.getLogger(__name__)
 
-SCHEDULES_DIR = Path(__file__).resolve().parent.parent / "schedules"
+SCHEDULES_DIR = data_folder("schedules")
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 # MetaSchedule files failed builds and runs with this run time.
@@ -205,6 +206,12 @@ def tune(options: TuneOptions) -> TuneResult:
         raise TuningError(f"trials per task must be at least 1, got {options.trials_per_task}")
     if options.cost_model not in COST_MODELS:
         raise TuningError(f"unknown cost model {options.cost_model!r}: choose one of {COST_MODELS}")
+    if inside_installed_package(options.schedules):
+        raise TuningError(
+            f"tune merges its records into {options.schedules}, inside the installed package, where the next "
+            f"install or upgrade would delete them: give a folder of your own (--schedules DIR, and the same "
+            f"to build), or run from the project's checkout (pip install -e .), whose schedules/ is committed"
+        )
     source = options.selection.resolve()
     target = resolve_target(options.target)
     missing = devices.missing_device(target.config)

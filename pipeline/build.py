@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import onnx
 import tvm
 from tvm import relax
+from tvm.support import cc
 
 from . import devices, host_emulation, runtime
 from .artifact import (
@@ -175,6 +178,30 @@ def check_on_host(
     return check_outputs(outputs, model, inputs, imported.inputs, imported.outputs, seed, tolerance)
 
 
+def library_linker(target: TargetSpec) -> Callable | None:
+    """How the library is linked: None (TVM's default, this machine's C++ compiler), or for a CPU
+    target of another architecture (an aarch64 server, built on x86 CI) a cross compiler for its
+    triple from PATH. Checked before compiling: the host's linker rejects foreign objects only at
+    the end, with "Relocations in generic ELF"."""
+    triple = devices.foreign_cpu_triple(target.config) if target.kind == "llvm" else None
+    if triple is None:
+        return None
+    # Debian's cross toolchains drop the vendor: aarch64-linux-gnu-g++ for aarch64-unknown-linux-gnu.
+    triples = dict.fromkeys((triple, triple.replace("-unknown-", "-")))
+    names = [f"{t}-{driver}" for t in triples for driver in ("g++", "gcc")]
+    for name in names:
+        path = shutil.which(name)
+        if path is not None:
+            log.info("linking for %s with %s", triple, path)
+            return cc.cross_compiler(path)
+    arch = triple.split("-")[0]
+    raise BuildError(
+        f"{target.key} is for {arch}, and linking its library needs a C++ cross compiler for {triple}; none of "
+        f"{', '.join(names)} is on PATH. Install one (Debian/Ubuntu: apt install g++-{arch}-linux-gnu), or run the "
+        f"build on the {arch} machine itself"
+    )
+
+
 def build(options: BuildOptions) -> BuildResult:
     """Build one graph for one target, verify it against onnxruntime and save the artifact."""
     source = options.selection.resolve()
@@ -184,6 +211,7 @@ def build(options: BuildOptions) -> BuildResult:
             f"emulating on the host is for GPU targets; a build for {target.key} runs and is verified on "
             f"this CPU as it is: drop --emulate-on-host, or give a GPU target (--target cuda)"
         )
+    link = library_linker(target)
     started = time.time()
     log.info("building %s for %s", source.name, target.key)
     imported = import_onnx(source.model)
@@ -198,7 +226,7 @@ def build(options: BuildOptions) -> BuildResult:
     stage = StagedArtifact(artifact_dir(options.out, source.name, target.key))
     try:
         exported = stage.dir / "model.so"
-        compiled.executable.export_library(str(exported))
+        compiled.executable.export_library(str(exported), fcompile=link)
         library = exported.rename(stage.dir / library_name(sha256_file(exported)))
         device_code = None if target.kind == "llvm" else devices.inspect_device_code(library, target.config)
         np.savez(stage.dir / PARAMS, **dict(zip(compiled.prepared_weight_names, weights)))

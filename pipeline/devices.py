@@ -87,13 +87,20 @@ def _isa_features(target: tvm.target.Target) -> set[str]:
     return {f for f in codegen.llvm_get_cpu_features(target) if f.startswith(ISA_FEATURE_PREFIXES)}
 
 
+def foreign_cpu_triple(config: dict) -> str | None:
+    """The LLVM triple of a CPU target whose architecture is not this machine's, else None."""
+    triple = str(tvm.target.Target(config).attrs.get("mtriple", "") or "")
+    if triple and triple.split("-")[0] != codegen.llvm_get_system_triple().split("-")[0]:
+        return triple
+    return None
+
+
 def _missing_cpu(config: dict) -> str | None:
-    host_triple = codegen.llvm_get_system_triple()
-    host_arch = host_triple.split("-")[0]
+    foreign = foreign_cpu_triple(config)
+    if foreign is not None:
+        host_arch = codegen.llvm_get_system_triple().split("-")[0]
+        return f"its code is for {foreign.split('-')[0]} and this machine is {host_arch}"
     target = tvm.target.Target(config)
-    arch = str(target.attrs.get("mtriple", "") or host_triple).split("-")[0]
-    if arch != host_arch:
-        return f"its code is for {arch} and this machine is {host_arch}"
     host = host_cpu_target().tvm_target()
     lacking = _isa_features(target) - _isa_features(host)
     if lacking:

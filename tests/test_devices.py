@@ -3,15 +3,17 @@ process with SIGILL. The build is pending, and loading, verifying or benching it
 host target itself leaves out what a hypervisor hides of its CPU model."""
 
 import platform
+import shutil
 
 import pytest
 from tvm.target import codegen
 
+import pipeline.build
 from pipeline import target
 from pipeline.bench import BenchOptions, bench
 from pipeline.build import build
 from pipeline.devices import missing_device
-from pipeline.errors import DeviceError
+from pipeline.errors import BuildError, DeviceError
 from pipeline.passes.default_cpu_schedule import VectorUnit
 from pipeline.runtime import load
 from pipeline.target import hidden_features, resolve_target
@@ -20,6 +22,7 @@ from pipeline.verify import verify_artifact
 from .conftest import tiny_build_options
 
 x86_only = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 targets")
+ELF_MACHINE_AARCH64 = 183
 # No CPU has both: XOP ended with AMD's Excavator, before AVX-512 came to AMD (Zen 4).
 IMPOSSIBLE_CPU = {"kind": "llvm", "mcpu": "x86-64", "mattr": ["+xop", "+avx512f"], "num-cores": 2}
 
@@ -36,6 +39,32 @@ def test_a_lower_instruction_set_level_runs_here():
 @x86_only
 def test_another_cpu_architecture_is_refused():
     assert "aarch64" in missing_device({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+
+
+AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "neoverse-v1", "num-cores": 4}
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+
+
+@x86_only
+def test_a_build_for_another_architecture_needs_its_cross_compiler_and_says_so_first(
+    tmp_path, empty_schedules, monkeypatch
+):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(pipeline.build, "compile_module", lambda *args: pytest.fail("compiled without a linker"))
+    with pytest.raises(BuildError, match=f"cross compiler for aarch64-linux-gnu.*{AARCH64_CXX}.*apt install"):
+        build(tiny_build_options(tmp_path, empty_schedules, "convt5", target=AARCH64))
+    assert not (tmp_path / "convt5").exists()
+
+
+@x86_only
+@pytest.mark.skipif(shutil.which(AARCH64_CXX) is None, reason=f"needs {AARCH64_CXX} (apt install g++-aarch64-linux-gnu)")
+def test_a_build_for_another_architecture_links_an_aarch64_library_and_is_pending(tmp_path, empty_schedules):
+    result = build(tiny_build_options(tmp_path, empty_schedules, "convt5", target=AARCH64))
+    assert result.pending and result.manifest.verification is None
+    library = next(result.artifact.glob("model-*.so")).read_bytes()
+    assert library[:4] == b"\x7fELF" and int.from_bytes(library[18:20], "little") == ELF_MACHINE_AARCH64
+    with pytest.raises(DeviceError, match="aarch64"):
+        load(result.artifact)
 
 
 @x86_only

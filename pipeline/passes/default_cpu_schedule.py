@@ -222,8 +222,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
     row_tile = int(packed_weight.source.shape[-1])
     # One loop each for rows and positions (the GEMM is written flat): fusing loops here would
     # make the accumulator's write-back region a bounding box that overwrites other tiles.
-    batch, rows, positions, *reduction = sch.get_loops(block)
-    gemm, reduction = _partial_sums(sch, block, reduction)
+    gemm, reduction = _partial_sums(sch, block, sch.get_loops(block)[3:])
     batch, rows, positions, *_ = sch.get_loops(block)
     rows_outside = L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     position_count = _extent(sch, positions)

@@ -83,15 +83,28 @@ class OutputCheck:
 
 
 @dataclass(frozen=True)
+class Float64Check:
+    """One output of ours and of onnxruntime against the float64 numpy reference (pipeline.reference)
+    on the same inputs: the rms of each error relative to the rms of the reference."""
+
+    name: str
+    ours_rms_rel_error: float
+    onnxruntime_rms_rel_error: float
+
+
+@dataclass(frozen=True)
 class Verification:
     """`max_rel_error` is max|ours - reference| / max|reference|; an output passes when
-    max_abs_error <= atol + rtol * max|reference| and both agree on where values are non-finite."""
+    max_abs_error <= atol + rtol * max|reference| and both agree on where values are non-finite.
+    `float64`: how close both sides are to exact, for the named Oobleck graphs (None for an ONNX file,
+    which has no independent reference)."""
 
     reference: str
     input_seed: int
     rtol: float
     atol: float
     outputs: list[OutputCheck]
+    float64: list[Float64Check] | None = None
 
     @property
     def passed(self) -> bool:
@@ -155,7 +168,14 @@ def _verification(data: dict | None) -> Verification | None:
     if data is None:
         return None
     fields = {k: v for k, v in data.items() if k != "passed"}  # `passed` is derived from the outputs
-    return Verification(**{**fields, "outputs": [OutputCheck(**o) for o in data["outputs"]]})
+    exact = data.get("float64")
+    return Verification(
+        **{
+            **fields,
+            "outputs": [OutputCheck(**o) for o in data["outputs"]],
+            "float64": None if exact is None else [Float64Check(**o) for o in exact],
+        }
+    )
 
 
 def sha256_file(path: Path) -> str:

@@ -178,6 +178,7 @@ def _selections(options: BenchOptions) -> list[GraphSelection]:
 def _bench_graph(selection: GraphSelection, options: BenchOptions, target: TargetSpec, baseline_name: str):
     base = BuildOptions(
         selection=selection, target=target, out=options.artifacts, schedules=options.schedules, timing_repeats=1,
+        float64_check=False,
     )
     ours = build(base)
     model = load(ours.artifact)

@@ -27,6 +27,8 @@ from .errors import GraphError
 from .onnx_shapes import infer_shapes
 
 GRAPHS_DIR = data_folder("graphs")
+# GraphSource.origin of a named graph: this prefix and the config's name.
+ORIGIN_PREFIX = "oobleck:"
 DEFAULT_CONFIG = "sao"
 DEFAULT_LATENT_FRAMES = 128
 DEFAULT_SEED = 0
@@ -433,7 +435,7 @@ def make_graph(
             produced = writer.block("x", params, f"block{b.index}")
         outputs = [("y", [1, b.out_channels, b.output_length(latent_frames)])]
     model = writer.model(f"oobleck_{config.name}_{name}_T{latent_frames}", inputs, outputs, produced)
-    return GraphSource(name, model, f"oobleck:{config.name}", latent_frames, seed)
+    return GraphSource(name, model, f"{ORIGIN_PREFIX}{config.name}", latent_frames, seed)
 
 
 def _shape_text(dims) -> str:

@@ -8,10 +8,24 @@ float64 so that they can judge fp32 builds.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 
-from .graphs import Conv, ConvTranspose, Decoder, DecoderBlock, ResidualUnit, Snake
+from .errors import GraphError
+from .graphs import (
+    ORIGIN_PREFIX,
+    Conv,
+    ConvTranspose,
+    Decoder,
+    DecoderBlock,
+    ResidualUnit,
+    Snake,
+    block_parameters,
+    decoder_parameters,
+    graph_info,
+    load_config,
+)
 
 
 def _attributes(rank: int, strides, pads, dilations) -> tuple[list[int], list[int], list[int]]:
@@ -64,8 +78,9 @@ def conv_transpose(
         out_channels = slice(g * cout_per_group, (g + 1) * cout_per_group)
         for tap in itertools.product(*(range(k) for k in kernel)):
             # contribution of this tap from every input position at once: (n, cout_g, *in_size)
-            contrib = np.tensordot(xg, wg[(slice(None), slice(None), *tap)], axes=([1], [0]))
-            contrib = np.moveaxis(contrib, -1, 1)
+            contrib = (wg[(slice(None), slice(None), *tap)].T @ xg.reshape(n, cin_per_group, -1)).reshape(
+                n, cout_per_group, *in_size
+            )
             window = tuple(
                 slice(tap[d] * dilations[d], tap[d] * dilations[d] + (in_size[d] - 1) * strides[d] + 1, strides[d])
                 for d in range(rank)
@@ -128,9 +143,9 @@ def conv(
                 slice(tap[d] * dilations[d], tap[d] * dilations[d] + (out_size[d] - 1) * strides[d] + 1, strides[d])
                 for d in range(rank)
             )
-            patch = xg[(slice(None), slice(None), *window)]
-            contrib = np.tensordot(patch, w64[(out_channels, slice(None), *tap)], axes=([1], [1]))
-            out[:, out_channels] += np.moveaxis(contrib, -1, 1)
+            patch = xg[(slice(None), slice(None), *window)].reshape(n, cin_per_group, -1)
+            contrib = w64[(out_channels, slice(None), *tap)] @ patch
+            out[:, out_channels] += contrib.reshape(n, cout_per_group, *out_size)
     return _add_bias(out, bias)
 
 
@@ -169,3 +184,23 @@ def decoder(x: np.ndarray, p: Decoder, final_tanh: bool = False, trace: list | N
             trace.append(h)
     h = _conv1d(snake(h, p.snake_out), p.conv_out)
     return np.tanh(h) if final_tanh else h
+
+
+def named_graph(name: str, origin: str, seed: int | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The named Oobleck graph that `graphs.make_graph` wrote (origin "oobleck:<config>"), in float64,
+    as a function of its input; None for any other graph (a user's ONNX file), or where the config
+    cannot be found by name (one given as a JSON path)."""
+    if not origin.startswith(ORIGIN_PREFIX) or seed is None:
+        return None
+    try:
+        config = load_config(origin.removeprefix(ORIGIN_PREFIX))
+        info = graph_info(config, name)
+    except GraphError:
+        return None
+    if info.kind == "decoder":
+        params = decoder_parameters(config, seed)
+        return lambda x: decoder(x, params, final_tanh=config.final_tanh)
+    block = block_parameters(config, info.block.index, seed)
+    if info.kind == "convt":
+        return lambda x: _upsample(x, block.upsample)
+    return lambda x: decoder_block(x, block)

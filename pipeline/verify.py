@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +13,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .artifact import SOURCE_ONNX, OutputCheck, Verification, write_manifest
+from . import reference
+from .artifact import SOURCE_ONNX, Float64Check, OutputCheck, Verification, write_manifest
 from .importer import TensorSpec
 from .runtime import Model, load
+
+log = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SEED = 1234
 
@@ -50,6 +56,26 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, tolerance: Tole
     return OutputCheck(name, max_abs, max_rel, passed)
 
 
+def _rms_rel_error(actual: np.ndarray, exact: np.ndarray) -> float:
+    scale = float(np.sqrt(np.mean(exact**2)))
+    rms = float(np.sqrt(np.mean((actual.astype(np.float64) - exact) ** 2)))
+    return rms / scale if scale > 0 else rms
+
+
+def float64_checks(
+    exact: Callable[[np.ndarray], np.ndarray],
+    inputs: list[np.ndarray],
+    ours: list[np.ndarray],
+    onnxruntime: list[np.ndarray],
+    output_specs: list[TensorSpec],
+) -> list[Float64Check]:
+    """Ours and onnxruntime's one output against `exact` (a named graph in float64) on the same input."""
+    started = time.time()
+    reference = exact(inputs[0])
+    log.info("float64 reference of %s computed in %.1f s", output_specs[0].name, time.time() - started)
+    return [Float64Check(output_specs[0].name, _rms_rel_error(ours[0], reference), _rms_rel_error(onnxruntime[0], reference))]
+
+
 def check_outputs(
     actual: list[np.ndarray],
     onnx_model: onnx.ModelProto | Path,
@@ -58,23 +84,35 @@ def check_outputs(
     output_specs: list[TensorSpec],
     seed: int,
     tolerance: Tolerance,
+    exact: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Verification:
+    """`actual` against onnxruntime on the same inputs; with `exact`, the float64 reference of a
+    one-input, one-output graph, both against it too."""
     expected = onnxruntime_outputs(onnx_model, {s.name: x for s, x in zip(input_specs, inputs)})
     checks = [compare(s.name, a, e, tolerance) for s, a, e in zip(output_specs, actual, expected)]
+    one_to_one = len(inputs) == 1 and len(actual) == 1
     return Verification(
         reference=f"onnxruntime {ort.__version__} CPUExecutionProvider",
         input_seed=seed,
         rtol=tolerance.rtol,
         atol=tolerance.atol,
         outputs=checks,
+        float64=float64_checks(exact, inputs, actual, expected, output_specs) if exact and one_to_one else None,
     )
 
 
-def check_model(model: Model, seed: int = DEFAULT_INPUT_SEED, tolerance: Tolerance = Tolerance()) -> Verification:
-    """Run a loaded artifact and onnxruntime on its source ONNX, on the same seeded inputs."""
+def check_model(
+    model: Model, seed: int = DEFAULT_INPUT_SEED, tolerance: Tolerance = Tolerance(), float64: bool = True
+) -> Verification:
+    """Run a loaded artifact and onnxruntime on its source ONNX, on the same seeded inputs; with
+    `float64`, a named Oobleck graph also against its float64 reference."""
     inputs = seeded_inputs(model.inputs, seed)
     actual = model.run(inputs)
-    return check_outputs(actual, model.path / SOURCE_ONNX, inputs, model.inputs, model.outputs, seed, tolerance)
+    graph = model.manifest.graph
+    exact = reference.named_graph(graph.name, graph.origin, graph.seed) if float64 else None
+    return check_outputs(
+        actual, model.path / SOURCE_ONNX, inputs, model.inputs, model.outputs, seed, tolerance, exact
+    )
 
 
 def verify_artifact(path: Path | str, tolerance: Tolerance | None = None) -> Verification:
@@ -92,6 +130,13 @@ def verify_artifact(path: Path | str, tolerance: Tolerance | None = None) -> Ver
     if recorded is None and manifest.verification_pending:
         write_manifest(model.path, dataclasses.replace(manifest, verification=verification, verification_pending=None))
     return verification
+
+
+def format_float64(check: Float64Check) -> str:
+    return (
+        f"  {check.name} against the float64 reference: rms rel error {check.ours_rms_rel_error:.2e} "
+        f"(onnxruntime: {check.onnxruntime_rms_rel_error:.2e})"
+    )
 
 
 def format_check(check: OutputCheck, verification: Verification) -> str:

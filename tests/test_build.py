@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.artifact import MANIFEST, PARAMS, SOURCE_ONNX, read_manifest, sha256_file
+from pipeline.artifact import MANIFEST, PARAMS, SOURCE_ONNX, Manifest, read_manifest, sha256_file
 from pipeline.build import build
 from pipeline.errors import UnverifiedArtifactError, VerificationError
-from pipeline.graphs import list_graphs, load_config
+from pipeline.graphs import export_graph, list_graphs, load_config, make_graph
 from pipeline.runtime import load
 from pipeline.verify import Tolerance
 
-from .conftest import tiny_build_options
+from .conftest import TINY_FRAMES, onnx_file_build_options, tiny_build_options
 
 TINY_GRAPHS = [g.name for g in list_graphs(load_config("tiny"))]
 
@@ -57,3 +57,26 @@ def test_mismatch_fails_the_build_and_keeps_the_good_artifact(tmp_path, empty_sc
     assert sha256_file(good.artifact / good.manifest.library) == good_library
     model = load(good.artifact)
     assert model(np.zeros(model.inputs[0].shape, np.float32)).shape == model.outputs[0].shape
+
+
+@pytest.mark.parametrize("name", TINY_GRAPHS)
+def test_a_named_graph_is_as_close_to_float64_as_onnxruntime(tiny_builds, name):
+    """Each build also measures ours and onnxruntime against the float64 numpy reference."""
+    (check,) = tiny_builds[name].manifest.verification.float64
+    assert check.name == tiny_builds[name].manifest.outputs[0].name
+    assert 0 < check.ours_rms_rel_error < 1e-5 and 0 < check.onnxruntime_rms_rel_error < 1e-5
+    assert check.ours_rms_rel_error < 2 * check.onnxruntime_rms_rel_error
+
+
+def test_an_onnx_file_or_an_opt_out_has_no_float64_check(tmp_path, empty_schedules):
+    path = export_graph(make_graph("convt3", config="tiny", latent_frames=TINY_FRAMES), tmp_path / "convt3.onnx")
+    from_file = build(onnx_file_build_options(path, tmp_path / "file", empty_schedules))
+    assert from_file.passed and from_file.manifest.verification.float64 is None
+    opted_out = build(tiny_build_options(tmp_path / "named", empty_schedules, "convt3", float64_check=False))
+    assert opted_out.passed and opted_out.manifest.verification.float64 is None
+
+
+def test_a_manifest_from_before_the_float64_check_still_reads(tiny_builds):
+    data = json.loads((tiny_builds["convt1"].artifact / MANIFEST).read_text())
+    del data["verification"]["float64"]
+    assert Manifest.from_json(json.dumps(data)).verification.float64 is None

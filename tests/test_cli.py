@@ -1,5 +1,6 @@
 """The CLI verbs, run as a user runs them: `python -m pipeline ...` in a subprocess."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,10 @@ def test_build_verify_run(tmp_path, empty_schedules):
     row = next(line for line in lines if line.startswith("convt5 "))
     assert "✓" in row
     artifact = row.split()[-1]
+    assert "vs float64: ours / onnxruntime" in build.stdout and re.search(r"\de-\d\d / \d\.\de-\d\d  +✓", row), row
     verify = cli("verify", artifact)
     assert verify.stdout.startswith("✓ y: max abs error")
+    assert "y against the float64 reference: rms rel error" in verify.stdout
     x = np.random.default_rng(0).standard_normal((1, 4, 2048)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     cli("run", artifact, "--input", tmp_path / "x.npy", "--output", tmp_path / "y.npy")

@@ -21,6 +21,9 @@ from .runtime import Model, load
 log = logging.getLogger(__name__)
 
 DEFAULT_INPUT_SEED = 1234
+# fp32 onnxruntime measured within 1.2e-5 (rms, relative) of the float64 reference on the SAO decoder;
+# a reference this far off is of another graph.
+REFERENCE_MISMATCH = 1e-3
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,26 @@ def float64_checks(
     ours: list[np.ndarray],
     onnxruntime: list[np.ndarray],
     output_specs: list[TensorSpec],
-) -> list[Float64Check]:
-    """Ours and onnxruntime's one output against `exact` (a named graph in float64) on the same input."""
+) -> list[Float64Check] | None:
+    """Ours and onnxruntime's one output against `exact` (a named graph in float64) on the same
+    input; None where `exact` is evidently another graph: onnxruntime, fp32, stays within
+    REFERENCE_MISMATCH of the true one. That happens where a config given as a JSON path carries the
+    name of a shipped one, which `exact` was made from."""
+    name = output_specs[0].name
     started = time.time()
-    reference = exact(inputs[0])
-    log.info("float64 reference of %s computed in %.1f s", output_specs[0].name, time.time() - started)
-    return [Float64Check(output_specs[0].name, _rms_rel_error(ours[0], reference), _rms_rel_error(onnxruntime[0], reference))]
+    try:
+        exact_output = exact(inputs[0])
+    except ValueError:  # the shipped config's weights do not fit this graph's shapes
+        exact_output = None
+    if (
+        exact_output is None
+        or exact_output.shape != onnxruntime[0].shape
+        or _rms_rel_error(onnxruntime[0], exact_output) > REFERENCE_MISMATCH
+    ):
+        log.warning("the float64 reference of %s is not this graph (its config was renamed?): no float64 check", name)
+        return None
+    log.info("float64 reference of %s computed in %.1f s", name, time.time() - started)
+    return [Float64Check(name, _rms_rel_error(ours[0], exact_output), _rms_rel_error(onnxruntime[0], exact_output))]
 
 
 def check_outputs(

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 from pipeline.artifact import MANIFEST, PARAMS, SOURCE_ONNX, Manifest, read_manifest, sha256_file
 from pipeline.build import build
 from pipeline.errors import UnverifiedArtifactError, VerificationError
-from pipeline.graphs import export_graph, list_graphs, load_config, make_graph
+from pipeline.graphs import GRAPHS_DIR, export_graph, list_graphs, load_config, make_graph
 from pipeline.runtime import load
 from pipeline.verify import Tolerance
 
@@ -80,3 +81,15 @@ def test_a_manifest_from_before_the_float64_check_still_reads(tiny_builds):
     data = json.loads((tiny_builds["convt1"].artifact / MANIFEST).read_text())
     del data["verification"]["float64"]
     assert Manifest.from_json(json.dumps(data)).verification.float64 is None
+
+
+@pytest.mark.parametrize(("graph", "change"), [("decoder", {"final_tanh": True}), ("convt3", {"channels": 8})])
+def test_a_config_given_by_path_under_a_shipped_name_gets_no_float64_check(tmp_path, empty_schedules, graph, change):
+    """Its reference would be made from the shipped config of that name, which is another graph."""
+    config = {**json.loads((GRAPHS_DIR / "oobleck_tiny.json").read_text()), **change}
+    path = tmp_path / "my_tiny.json"
+    path.write_text(json.dumps(config))
+    options = tiny_build_options(tmp_path, empty_schedules, graph)
+    options.selection = dataclasses.replace(options.selection, config=str(path))
+    result = build(options)
+    assert result.passed and result.manifest.verification.float64 is None

@@ -3,9 +3,9 @@
 The GEMM gets a register-blocked micro-kernel: an accumulator tile of output rows x COLUMN_VECTORS
 vectors of positions stays in registers for a chunk of the input-channel loop (then is added to the
 tile's total: see _partial_sums), and each channel step is one broadcast per row from the packed
-weight (contiguous, see convtranspose_gemm) times COLUMN_VECTORS vector loads of the input. The tile is sized to the target's vector registers
-(VectorUnit): 8 rows x 2 vectors of 16 lanes with AVX-512, 4 rows x 2 vectors of 8 with AVX2.
-The outermost, parallel loop is:
+weight (contiguous, see convtranspose_gemm) times COLUMN_VECTORS vector loads of the input. The
+tile is sized to the target's vector registers (VectorUnit): 8 rows x 2 vectors of 16 lanes with
+AVX-512, 4 rows x 2 vectors of 8 with AVX2. The outermost, parallel loop is:
 - rows, where the whole (zero-padded) input fits in L2 and the weight is larger (the first Oobleck
   layer; on small chunks also the Conv1d of the first blocks): the input is first copied once
   (into contiguous column panels where the positions allow), the weight streams from memory once;
@@ -223,6 +223,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
     # One loop each for rows and positions (the GEMM is written flat): fusing loops here would
     # make the accumulator's write-back region a bounding box that overwrites other tiles.
     gemm, reduction = _partial_sums(sch, block, sch.get_loops(block)[3:])
+    chunked = gemm is not block
     batch, rows, positions, *_ = sch.get_loops(block)
     rows_outside = L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     position_count = _extent(sch, positions)
@@ -262,7 +263,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         inner = subpanel
         sch.reorder(row_blocks, batch, panels, row_tiles, subpanel, *row_parts, *reduction, row, column)
     sch.parallel(sch.fuse(batch, row_tiles) if rows_outside else sch.fuse(row_blocks, batch, panels))
-    if gemm != block:
+    if chunked:
         # Each chunk's sum is computed where the tile adds it, in a register tile of its own.
         sch.compute_at(gemm, reduction[0])
         spatial, partial_reduction = _loops_inside(sch, gemm, reduction[0])
@@ -286,7 +287,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         sch.parallel(sch.fuse(n, panel_index))
     tile_loop = row_parts[0] if row_parts else inner
     copies = [panel]
-    if gemm == block:
+    if not chunked:
         accumulator = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(accumulator, tile_loop)
         copies.append(accumulator)
@@ -297,7 +298,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         sch.reverse_compute_at(copies[-1], tile_loop)
     _unroll_tile(sch, row, column, lanes)
     sch.decompose_reduction(block, reduction[0])
-    if gemm != block:
+    if chunked:
         _unroll_tile(sch, partial_row, partial_column, lanes)
         sch.decompose_reduction(gemm, partial_reduction[0])
     for copy in copies:

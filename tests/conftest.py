@@ -1,11 +1,15 @@
 import os
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 # pipeline before tvm: importing pipeline loads the stand-in libcuda.so.1 where there is no NVIDIA
 # driver, and TVM, imported first, would build CUDA modules holding source only (cuda_driver).
+from pipeline import reference
 from pipeline.build import BuildOptions, build
-from pipeline.graphs import GraphSelection, list_graphs, load_config
+from pipeline.conformance import ConformanceCase
+from pipeline.graphs import IR_VERSION, OPSET, GraphSelection, list_graphs, load_config
 
 import tvm  # noqa: I001
 import tvm_ffi
@@ -18,6 +22,21 @@ def tir_loops(func: tvm.tirx.PrimFunc) -> list[tvm.tirx.For]:
     loops = []
     tvm_ffi.structural_walk(func.body, [(tvm.tirx.For, loops.append)], order="pre")
     return loops
+
+
+def unrolled_extents(module: tvm.IRModule, kernel: str) -> list[int]:
+    """The extents of the unrolled loops of every kernel whose name holds `kernel`."""
+    return [
+        int(loop.extent)
+        for gv, func in module.functions.items()
+        if kernel in gv.name_hint
+        for loop in tir_loops(func)
+        if loop.kind == tvm.tirx.ForKind.UNROLLED
+    ]
+
+
+# A ConvTranspose2d whose kernel equals its stride (the upsampling of a UNet): one tap per output.
+KERNEL_EQUALS_STRIDE = ConformanceCase("k2s2", (1, 8, 32, 32), (8, 4, 2, 2), {"strides": [2, 2]}, True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,6 +70,37 @@ def onnx_file_build_options(path, out, schedules):
     options = tiny_build_options(out, schedules, "convt5")
     options.selection = GraphSelection(onnx=path)
     return options
+
+
+# (input shape, output channels, kernel, attributes): stride and dilation along either axis,
+# asymmetric pads, odd sizes (the GEMM then computes extra rows and positions, cropped after).
+CONV2D_CASES = {
+    "3x3_same": ((1, 8, 12, 16), 16, (3, 3), {"pads": [1, 1, 1, 1]}),
+    "1x1": ((1, 16, 6, 8), 8, (1, 1), {}),
+    "stride2_asym_pads": ((2, 4, 9, 11), 8, (3, 3), {"strides": [2, 2], "pads": [1, 0, 2, 1]}),
+    "stride_rows_only": ((1, 4, 10, 7), 8, (3, 2), {"strides": [3, 1], "pads": [1, 1, 1, 1]}),
+    "stride_columns_only": ((1, 4, 7, 10), 8, (2, 3), {"strides": [1, 3]}),
+    "dilated_strided": ((1, 3, 13, 12), 8, (3, 3), {"strides": [2, 2], "dilations": [2, 3], "pads": [2, 2, 2, 2]}),
+    "kernel_wider_than_stride": ((1, 5, 8, 8), 8, (4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    "one_output": ((1, 6, 3, 3), 8, (3, 3), {}),
+}
+
+
+def conv2d_model(x_shape, cout, kernel, attrs, group=1, seed=0):
+    """An ONNX Conv with bias, its weight seeded; and that weight and bias."""
+    rng = np.random.default_rng(seed)
+    cin = x_shape[1]
+    weight = (rng.standard_normal((cout, cin // group, *kernel)) / np.sqrt(cin * np.prod(kernel))).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    y_shape = reference.conv(np.zeros(x_shape, np.float32), weight, bias, group=group, **attrs).shape
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], group=group, **attrs)], "conv2d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))],
+        initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return model, weight, bias
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,15 @@ from pipeline.target import resolve_target
 from pipeline.tuning import ScheduleStore, TuneOptions, tune
 from pipeline.verify import DEFAULT_INPUT_SEED, Tolerance, verify_artifact
 
-from .conftest import TINY_FRAMES, tiny_build_options, tir_loops
+from .conftest import (
+    CONV2D_CASES,
+    KERNEL_EQUALS_STRIDE,
+    TINY_FRAMES,
+    conv2d_model,
+    tiny_build_options,
+    tir_loops,
+    unrolled_extents,
+)
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 GPU_PRESENT = tvm.cuda(0).exist
@@ -226,6 +234,22 @@ def test_oobleck_graphs_build_for_cuda_and_their_gpu_schedules_are_right(graph, 
     _assert_cuda_build_computes_what_onnxruntime_does(
         GraphSelection(graph=graph, config="tiny", latent_frames=TINY_FRAMES).resolve().model, empty_schedules
     )
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", sorted(CONV2D_CASES))
+def test_conv2d_gemms_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
+    """The Conv2d GEMM (its padded-row input kernel, the GEMM through dlight's matmul rule, the crop)."""
+    x_shape, cout, kernel, attrs = CONV2D_CASES[name]
+    _assert_cuda_build_computes_what_onnxruntime_does(conv2d_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
+
+
+def test_a_gpu_col2im_of_one_tap_unrolls_no_output_loop():
+    target = resolve_target("cuda")
+    lowered = lower(import_onnx(case_model(KERNEL_EQUALS_STRIDE)).mod, target)
+    with target.tvm_target():
+        scheduled = DefaultGPUSchedule()(lowered.main)
+    assert unrolled_extents(scheduled, "col2im") == []
 
 
 def _one_block_short(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:

@@ -1,6 +1,8 @@
-"""Conv1d as a GEMM over a packed weight, so the residual units run on the same micro-kernel as
-the ConvTranspose GEMM instead of TVM's untuned direct convolution (80x slower than onnxruntime
-on the Oobleck blocks, measured).
+"""Conv1d and Conv2d as a GEMM over a packed weight, so the residual units (and the 3x3 convolutions
+of image decoders) run on the same micro-kernel as the ConvTranspose GEMM instead of TVM's untuned
+direct convolution (80x slower than onnxruntime on the Oobleck blocks, measured).
+
+Conv1d:
 
     y[n, co, t] = sum_{ci, k} x_padded[n, ci, t*stride + k*dilation] * w[co, ci, k]
 
@@ -8,13 +10,21 @@ The reduction runs over (ci, k) as two loops (one flattened index cost a divisio
 halved the speed); the weight is packed as (1, Cout/tile, Cin*K, tile)
 by a Relax expression of the weight alone, which `LiftTransformParams` moves to build time like the
 ConvTranspose packing. The zero padding is a TE stage of the same kernel, which the CPU schedule
-inlines into its copy of each input panel. Grouped, non-NCW or symbolic convolutions keep TVM's
-lowering, and the log says why.
+inlines into its copy of each input panel.
+
+Conv2d becomes that Conv1d (see _RowLayout): its input stage lays the KH input rows each output
+row reads side by side as channels (Cin*KH of them) and the output rows end to end, so the
+Conv1d's taps are the KW columns. Each output row is then a few positions wider than the output
+(the taps reach past it), and a cropping step after the kernel drops those positions. The input
+stage is inlined into the panel copy too, so the KH-fold input exists only panel by panel.
+
+Grouped, non-NCW/NCHW or symbolic convolutions keep TVM's lowering, and the log says why.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import tvm
 from tvm import relax, te, tirx
@@ -24,44 +34,199 @@ from .relax_rewrite import rewrite_functions, static_shape, unsupported_operands
 
 log = logging.getLogger(__name__)
 
+_LAYOUTS = {
+    "relax.nn.conv1d": ("NCW", "OIW"),
+    "relax.nn.conv2d": ("NCHW", "OIHW"),
+}
+# A Conv2d's GEMM computes a multiple of this many positions, so the micro-kernel's vectors (up
+# to 2 x 16 lanes) divide them: a partial vector puts a bounds test in the innermost loop.
+POSITION_MULTIPLE = 32
+
 
 def _unsupported_reason(call) -> str | None:
+    data_layout, kernel_layout = _LAYOUTS[call.op.name]
     attrs = call.attrs
-    if (attrs.data_layout, attrs.kernel_layout) != ("NCW", "OIW") or attrs.out_layout not in ("", "NCW"):
-        return f"layout {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout} (handled: NCW/OIW)"
+    if (attrs.data_layout, attrs.kernel_layout) != (data_layout, kernel_layout) or attrs.out_layout not in (
+        "",
+        data_layout,
+    ):
+        return (
+            f"layout {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout} (handled: {data_layout}/{kernel_layout})"
+        )
     if int(attrs.groups) != 1:
         return f"groups={int(attrs.groups)}"
     return unsupported_operands(call)
 
 
 def _pack_weight(w: relax.Expr, tile: int) -> relax.Expr:
-    """(Cout, Cin, K) -> (1, Cout/tile, Cin*K, tile)."""
-    cout, cin, kernel = static_shape(w)
-    rows = relax.op.reshape(w, [cout // tile, tile, cin * kernel])
-    return relax.op.reshape(relax.op.permute_dims(rows, [0, 2, 1]), [1, cout // tile, cin * kernel, tile])
+    """(Cout, Cin, K...) -> (1, Cout/tile, Cin*prod(K), tile)."""
+    cout, *reduction = static_shape(w)
+    size = 1
+    for extent in reduction:
+        size *= extent
+    rows = relax.op.reshape(w, [cout // tile, tile, size])
+    return relax.op.reshape(relax.op.permute_dims(rows, [0, 2, 1]), [1, cout // tile, size, tile])
 
 
-def _conv_gemm(x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation: int, pad_begin: int, out_len: int):
-    batch, channels, length = (int(d) for d in x.shape)
+def _gemm(data: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation: int, out_len: int) -> te.Tensor:
+    """The Conv1d over the kernel's input stage `data` (batch, Cin, padded length)."""
+    batch = int(data.shape[0])
     _, _, reduction, tile = (int(d) for d in packed.shape)
-    padded_len = (out_len - 1) * stride + (kernel - 1) * dilation + 1
-    padded = te.compute(
-        (batch, channels, padded_len),
-        lambda n, c, t: tirx.if_then_else(
-            tirx.all(t >= pad_begin, t < pad_begin + length), x[n, c, t - pad_begin], tirx.const(0, x.dtype)
-        ),
-        name="conv_pad",
-    )
     ci = te.reduce_axis((0, reduction // kernel), name="ci")
     k = te.reduce_axis((0, kernel), name="k")
     cout = int(packed.shape[1]) * tile
     return te.compute(
         (batch, cout, out_len),
         lambda n, co, t: te.sum(
-            padded[n, ci, t * stride + k * dilation] * packed[0, co // tile, ci * kernel + k, co % tile], axis=[ci, k]
+            data[n, ci, t * stride + k * dilation] * packed[0, co // tile, ci * kernel + k, co % tile], axis=[ci, k]
         ),
         name="conv_gemm",
     )
+
+
+def _padded_len(out_len: int, kernel: int, stride: int, dilation: int) -> int:
+    return (out_len - 1) * stride + (kernel - 1) * dilation + 1
+
+
+def _conv1d_gemm(x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation: int, pad_begin: int, out_len: int):
+    batch, channels, length = (int(d) for d in x.shape)
+    padded = te.compute(
+        (batch, channels, _padded_len(out_len, kernel, stride, dilation)),
+        lambda n, c, t: tirx.if_then_else(
+            tirx.all(t >= pad_begin, t < pad_begin + length), x[n, c, t - pad_begin], tirx.const(0, x.dtype)
+        ),
+        name="conv_pad",
+    )
+    return _gemm(padded, packed, kernel, stride, dilation, out_len)
+
+
+def _grid(rows: int, min_width: int) -> tuple[int, int]:
+    """(rows, row width), at least the given ones, whose product is a multiple of POSITION_MULTIPLE,
+    the fewest positions first. The GEMM's output is then exactly these rows, which a reshape
+    splits and one slice crops: a slice of the flat output fused into the GEMM kernel, which
+    dlight's GPU matmul rule cannot schedule."""
+    candidates = (
+        (r * w, r, w)
+        for r in range(rows, rows + POSITION_MULTIPLE)
+        for w in range(min_width, min_width + POSITION_MULTIPLE)
+        if r * w % POSITION_MULTIPLE == 0
+    )
+    _, best_rows, best_width = min(candidates)
+    return best_rows, best_width
+
+
+@dataclass(frozen=True)
+class _RowLayout:
+    """A Conv2d as a Conv1d over rows of output positions laid end to end: `grid` = (rows, row
+    width), at least the output's rows and enough positions per row that each row's input holds a
+    whole padded input row; the output is its top-left corner.
+
+    The input is zero-padded to rows of `input_row` = row width * stride_w columns and
+    `padded_height` rows, its rows regrouped by their index modulo stride_h (phases) and each phase
+    flattened, so that output row q, tap kh reads phase (kh * dilation_h) % stride_h at row q +
+    (kh * dilation_h) // stride_h: a fixed offset from the output position in that flat phase.
+    Conv1d channel (ci, kh) is therefore a slice of the flat input at a constant offset, and the
+    copy of an input panel needs no index arithmetic per position."""
+
+    in_size: tuple[int, int]
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int, int, int]
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return tuple(
+            (self.in_size[d] + self.pads[d] + self.pads[2 + d] - (self.kernel[d] - 1) * self.dilations[d] - 1)
+            // self.strides[d]
+            + 1
+            for d in range(2)
+        )
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        padded_width = self.pads[1] + self.in_size[1] + self.pads[3]
+        return _grid(self.out_size[0], max(self.out_size[1], -(-padded_width // self.strides[1])))
+
+    @property
+    def input_row(self) -> int:
+        return self.grid[1] * self.strides[1]
+
+    @property
+    def positions(self) -> int:
+        rows, width = self.grid
+        return rows * width
+
+    @property
+    def row_length(self) -> int:
+        """Positions of each Conv1d input channel: what the GEMM reads, in whole strides (the CPU
+        schedule splits a strided panel into its phases)."""
+        reach = _padded_len(self.positions, self.kernel[1], self.strides[1], self.dilations[1])
+        return -(-reach // self.strides[1]) * self.strides[1]
+
+    def row_offset(self, kh) -> tuple:
+        """(phase, flat offset) where tap row kh of output position 0 lies."""
+        step = kh * self.dilations[0]
+        return tirx.floormod(step, self.strides[0]), tirx.floordiv(step, self.strides[0]) * self.input_row
+
+    @property
+    def padded_height(self) -> int:
+        """Rows of the padded input: the input and its top padding, and every row a read reaches
+        (the taps of the extra rows and positions reach past the output), in whole phases."""
+        stride_h = self.strides[0]
+        furthest = self.row_length + (self.kernel[0] - 1) * self.dilations[0] // stride_h * self.input_row
+        phase_rows = max(-(-furthest // self.input_row), -(-(self.pads[0] + self.in_size[0]) // stride_h))
+        return phase_rows * stride_h
+
+
+# The block annotation that tells the CPU schedule how long a padded input row is (see
+# _row_phases): its flat positions then split into rows and columns without a division each.
+INPUT_ROW_ANNOTATION = "conv_input_row"
+# And on the GEMM's input stage of a Conv2d, its stride along the row (the GEMM reads positions
+# t * stride + tap): whether the schedule copies panels depends on it.
+CONV_STRIDE_ANNOTATION = "conv_stride"
+
+
+def _row_phases(x: te.Tensor, layout: _RowLayout) -> te.Tensor:
+    """The zero-padded input with its rows grouped by phase (see _RowLayout), each phase flat:
+    (N, C * stride_h, padded_height / stride_h * input_row). A kernel of its own, because the
+    panel copies of the GEMM then read plain slices of it."""
+    batch, channels, height, width = (int(d) for d in x.shape)
+    stride_h = layout.strides[0]
+
+    def padded(n, c, f):
+        ci, phase = tirx.floordiv(c, stride_h), tirx.floormod(c, stride_h)
+        h = tirx.floordiv(f, layout.input_row) * stride_h + phase - layout.pads[0]
+        w = tirx.floormod(f, layout.input_row) - layout.pads[1]
+        inside = tirx.all(h >= 0, h < height, w >= 0, w < width)
+        return tirx.if_then_else(inside, x[n, ci, h, w], tirx.const(0, x.dtype))
+
+    return te.compute(
+        (batch, channels * stride_h, layout.padded_height // stride_h * layout.input_row),
+        padded,
+        name="conv_row_phases",
+        attrs={INPUT_ROW_ANNOTATION: layout.input_row},
+    )
+
+
+def _conv2d_gemm(phases: te.Tensor, packed: te.Tensor, layout: _RowLayout) -> te.Tensor:
+    """The Conv1d over (ci, kh) channels, each a slice of `phases` at a constant offset."""
+    batch, phase_channels, _ = (int(d) for d in phases.shape)
+    kernel_h, kernel_w = layout.kernel
+    stride_w, dilation_w = layout.strides[1], layout.dilations[1]
+
+    def row_channel(n, c, t):
+        ci, kh = tirx.floordiv(c, kernel_h), tirx.floormod(c, kernel_h)
+        phase, offset = layout.row_offset(kh)
+        return phases[n, ci * layout.strides[0] + phase, t + offset]
+
+    rows = te.compute(
+        (batch, phase_channels // layout.strides[0] * kernel_h, layout.row_length),
+        row_channel,
+        name="conv_rows",
+        attrs={CONV_STRIDE_ANNOTATION: stride_w},
+    )
+    return _gemm(rows, packed, kernel_w, stride_w, dilation_w, layout.positions)
 
 
 @relax.expr_functor.mutator
@@ -71,39 +236,59 @@ class _Rewriter(relax.PyExprMutator):
         self.rewritten: list[str] = []
         self.kept: list[str] = []
 
-    def visit_call_(self, call):  # noqa: D102 - PyExprMutator hook
+    def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv1d":
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name not in _LAYOUTS:
             return call
         reason = _unsupported_reason(call)
         if reason is not None:
-            self.kept.append(reason)
+            self.kept.append(f"{call.op.name}: {reason}")
             return call
         attrs = call.attrs
         x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
-        cout, _, kernel = w_shape
-        stride, dilation = int(attrs.strides[0]), int(attrs.dilation[0])
-        pad_begin, pad_end = (int(p) for p in attrs.padding)
-        out_len = (x_shape[2] + pad_begin + pad_end - (kernel - 1) * dilation - 1) // stride + 1
+        strides, dilations = [int(s) for s in attrs.strides], [int(d) for d in attrs.dilation]
+        padding = [int(p) for p in attrs.padding]
         weight = call.args[1]
         packed = self.builder_.emit(
-            _pack_weight(weight, row_tile(cout)),
+            _pack_weight(weight, row_tile(w_shape[0])),
             name_hint=f"{weight.name}.packed" if isinstance(weight, relax.Var) else "packed_weight",
         )
-        self.rewritten.append(f"conv1d {x_shape}x{w_shape} s{stride} d{dilation} p{[pad_begin, pad_end]}")
-        return self.builder_.call_te(
-            _conv_gemm, call.args[0], packed, kernel, stride, dilation, pad_begin, out_len, primfunc_name_hint="conv_gemm"
+        self.rewritten.append(f"{call.op.name} {x_shape}x{w_shape} s{strides} d{dilations} p{padding}")
+        if call.op.name == "relax.nn.conv1d":
+            kernel = w_shape[2]
+            out_len = (x_shape[2] + sum(padding) - (kernel - 1) * dilations[0] - 1) // strides[0] + 1
+            return self.builder_.call_te(
+                _conv1d_gemm, call.args[0], packed, kernel, strides[0], dilations[0], padding[0], out_len,
+                primfunc_name_hint="conv_gemm",
+            )
+        layout = _RowLayout(tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(strides), tuple(dilations), tuple(padding))
+        phases = self.builder_.emit(
+            self.builder_.call_te(lambda x: _row_phases(x, layout), call.args[0], primfunc_name_hint="conv_row_phases")
         )
+        flat = self.builder_.emit(
+            self.builder_.call_te(lambda x, w: _conv2d_gemm(x, w, layout), phases, packed, primfunc_name_hint="conv_gemm")
+        )
+        return self._crop(flat, x_shape[0], w_shape[0], layout)
+
+    def _crop(self, flat: relax.Expr, batch: int, channels: int, layout: _RowLayout) -> relax.Expr:
+        """(N, Cout, positions) -> (N, Cout, H, W): the rows apart, without the extra rows and positions."""
+        rows = self.builder_.emit(relax.op.reshape(flat, [batch, channels, *layout.grid]))
+        if layout.grid == layout.out_size:
+            return rows
+        return relax.op.strided_slice(rows, axes=[2, 3], begin=[0, 0], end=list(layout.out_size))
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvToGemm")
 class ConvToGemm:
-    """Rewrite every supported conv1d into a packed-weight GEMM; log each rewrite and each refusal."""
+    """Rewrite every supported conv1d and conv2d into a packed-weight GEMM; log each rewrite and each
+    refusal."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
         rewritten = rewrite_functions(mod, rewriter)
-        log.info("conv1d as GEMM: %d rewritten", len(rewriter.rewritten))
+        log.info("conv as GEMM: %d rewritten", len(rewriter.rewritten))
+        for line in rewriter.rewritten:
+            log.debug("conv as GEMM: %s", line)
         for line in rewriter.kept:
-            log.warning("conv1d as GEMM does not apply (%s); TVM's lowering is kept for it", line)
+            log.warning("conv as GEMM does not apply to %s; TVM's lowering is kept for it", line)
         return rewritten

@@ -93,8 +93,11 @@ def _schedule_col2im(func: tirx.PrimFunc, _target: tvm.target.Target) -> s_tir.S
     if outer != gather:
         sch.compute_at(gather, threads)
         sch.set_scope(gather, 0, "local")
-    taps = sch.get_loops(gather)[-reduction_rank(sch, gather):]
-    sch.decompose_reduction(gather, taps[0])
+    # The gather's loops inside the thread loop are its taps; a tap loop of one step (a kernel no
+    # longer than its stride) has vanished where it was computed at the consumer's threads.
+    taps = sch.get_loops(gather)[2:]
+    if taps:
+        sch.decompose_reduction(gather, taps[0])
     for tap in taps:
         sch.unroll(tap)
     return sch

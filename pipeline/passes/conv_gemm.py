@@ -12,11 +12,12 @@ by a Relax expression of the weight alone, which `LiftTransformParams` moves to 
 ConvTranspose packing. The zero padding is a TE stage of the same kernel, which the CPU schedule
 inlines into its copy of each input panel.
 
-Conv2d becomes that Conv1d (see _RowLayout): its input stage lays the KH input rows each output
-row reads side by side as channels (Cin*KH of them) and the output rows end to end, so the
-Conv1d's taps are the KW columns. Each output row is then a few positions wider than the output
-(the taps reach past it), and a cropping step after the kernel drops those positions. The input
-stage is inlined into the panel copy too, so the KH-fold input exists only panel by panel.
+Conv2d becomes that Conv1d (see _RowLayout): the output rows laid end to end, channels (ci, kh)
+for each input channel and kernel row, taps the KW kernel columns. A kernel of its own first pads
+the input into rows of the right width (_row_phases); the GEMM's input stage reads channel (ci, kh)
+as a slice of it at a constant offset and is inlined into the GEMM's reads (or its panel copy), so
+the KH-fold input never exists. Each output row is a few positions wider than the output (the
+taps reach past it), and a crop after the kernel drops those positions.
 
 Grouped, non-NCW/NCHW or symbolic convolutions keep TVM's lowering, and the log says why.
 """
@@ -24,6 +25,7 @@ Grouped, non-NCW/NCHW or symbolic convolutions keep TVM's lowering, and the log 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import tvm
@@ -61,9 +63,7 @@ def _unsupported_reason(call) -> str | None:
 def _pack_weight(w: relax.Expr, tile: int) -> relax.Expr:
     """(Cout, Cin, K...) -> (1, Cout/tile, Cin*prod(K), tile)."""
     cout, *reduction = static_shape(w)
-    size = 1
-    for extent in reduction:
-        size *= extent
+    size = math.prod(reduction)
     rows = relax.op.reshape(w, [cout // tile, tile, size])
     return relax.op.reshape(relax.op.permute_dims(rows, [0, 2, 1]), [1, cout // tile, size, tile])
 

@@ -374,6 +374,16 @@ def _schedule_col2im(sch: s_tir.Schedule) -> None:
     """Rows in parallel; the gather is computed per element of its consumer (the fused bias add),
     with its few taps unrolled so the compiler folds the bounds tests into straight-line code."""
     gather = sch.get_sblock("convt_col2im")
+    # The elementwise chain FuseOps put after it (bias; a BatchNorm's subtract, divide, multiply,
+    # add; an activation) is inlined into the kernel's last stage, its only consumer then: left as
+    # loop nests of their own, all but the first ran serially over the whole output (a DCGAN
+    # layer's col2im kernel, 64 channels of 32 x 32, batch 16: 8.3 ms).
+    intermediate = list(sch.get(sch.get_sblock("root")).alloc_buffers)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(block).name_hint for block in blocks]
+    for block in blocks[names.index("convt_col2im") + 1:]:
+        if all(any(region.source.same_as(buffer) for buffer in intermediate) for region in sch.get(block).writes):
+            sch.compute_inline(block)
     consumers = sch.get_consumers(gather)
     if len(consumers) == 1:
         rest = _parallel_rows(sch, consumers[0])

@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import tvm
 from tvm import relax, te, tirx
 
 from .convtranspose_gemm import row_tile
-from .relax_rewrite import rewrite_functions, static_shape, unsupported_operands
+from .relax_rewrite import rewrite_functions, static_shape, unsupported_layout, unsupported_operands
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,11 @@ POSITION_MULTIPLE = 32
 
 
 def _unsupported_reason(call) -> str | None:
-    data_layout, kernel_layout = _LAYOUTS[call.op.name]
-    attrs = call.attrs
-    if (attrs.data_layout, attrs.kernel_layout) != (data_layout, kernel_layout) or attrs.out_layout not in (
-        "",
-        data_layout,
-    ):
-        return (
-            f"layout {attrs.data_layout}/{attrs.kernel_layout}/{attrs.out_layout} (handled: {data_layout}/{kernel_layout})"
-        )
-    if int(attrs.groups) != 1:
-        return f"groups={int(attrs.groups)}"
+    layout = unsupported_layout(call, *_LAYOUTS[call.op.name])
+    if layout is not None:
+        return layout
+    if int(call.attrs.groups) != 1:
+        return f"groups={int(call.attrs.groups)}"
     return unsupported_operands(call)
 
 
@@ -143,7 +138,7 @@ class _RowLayout:
             for d in range(2)
         )
 
-    @property
+    @cached_property
     def grid(self) -> tuple[int, int]:
         padded_width = self.pads[1] + self.in_size[1] + self.pads[3]
         return _grid(self.out_size[0], max(self.out_size[1], -(-padded_width // self.strides[1])))

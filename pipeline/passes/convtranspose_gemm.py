@@ -24,7 +24,7 @@ import logging
 import tvm
 from tvm import relax, te, tirx
 
-from .relax_rewrite import rewrite_functions, static_shape, unsupported_operands
+from .relax_rewrite import rewrite_functions, static_shape, unsupported_layout, unsupported_operands
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,7 @@ _LAYOUTS = {
 
 
 def _unsupported_reason(call) -> str | None:
-    data_layout, kernel_layout = _LAYOUTS[call.op.name]
-    attrs = call.attrs
-    if attrs.data_layout != data_layout or attrs.kernel_layout != kernel_layout:
-        return f"layout {attrs.data_layout}/{attrs.kernel_layout} (handled: {data_layout}/{kernel_layout})"
-    if attrs.out_layout not in ("", data_layout):
-        return f"out_layout {attrs.out_layout}"
-    return unsupported_operands(call)
+    return unsupported_layout(call, *_LAYOUTS[call.op.name]) or unsupported_operands(call)
 
 
 # Rows of one register-blocked micro-kernel; the CPU schedule reads it back from the packed shape.

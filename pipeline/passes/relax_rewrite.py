@@ -21,6 +21,16 @@ def static_shape(expr) -> list[int] | None:
     return dims
 
 
+def unsupported_layout(call, data_layout: str, kernel_layout: str) -> str | None:
+    """Why a convolution call's layouts are not the ones a rewrite handles, or None."""
+    attrs = call.attrs
+    if attrs.data_layout != data_layout or attrs.kernel_layout != kernel_layout:
+        return f"layout {attrs.data_layout}/{attrs.kernel_layout} (handled: {data_layout}/{kernel_layout})"
+    if attrs.out_layout not in ("", data_layout):
+        return f"out_layout {attrs.out_layout}"
+    return None
+
+
 def unsupported_operands(call) -> str | None:
     """Why the (data, weight) operands of a convolution call cannot be rewritten, or None."""
     if static_shape(call.args[0]) is None or static_shape(call.args[1]) is None:

@@ -84,17 +84,29 @@ CONV2D_CASES = {
     "kernel_wider_than_stride": ((1, 5, 8, 8), 8, (4, 4), {"strides": [2, 2], "pads": [1, 1, 1, 1]}),
     "one_output": ((1, 6, 3, 3), 8, (3, 3), {}),
 }
+# Grouped convolutions, 1-D and 2-D: a group's output channels fewer than a register tile, more
+# output than input channels per group, strides and dilations as above.
+GROUPED_CONV_CASES = {
+    "1d_groups2": ((1, 8, 20), 8, (3,), {"group": 2, "pads": [1, 1]}),
+    "1d_groups4_strided_dilated": ((2, 8, 23), 12, (3,), {"group": 4, "strides": [2], "dilations": [2], "pads": [2, 1]}),
+    "2d_groups2": ((1, 8, 9, 10), 16, (3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
+    "2d_groups4_stride2": ((1, 8, 11, 9), 8, (3, 3), {"group": 4, "strides": [2, 2], "pads": [1, 0, 1, 1]}),
+    "2d_groups2_multiplier": ((1, 6, 7, 7), 24, (2, 3), {"group": 2, "dilations": [2, 1]}),
+}
 
 
-def conv2d_model(x_shape, cout, kernel, attrs, group=1, seed=0):
-    """An ONNX Conv with bias, its weight seeded; and that weight and bias."""
+def conv_model(x_shape, cout, kernel, attrs, seed=0):
+    """An ONNX Conv with bias (1-D or 2-D, as many dimensions as `kernel`), its weight seeded; and
+    that weight and bias. `attrs` are the Conv's attributes, "group" among them."""
     rng = np.random.default_rng(seed)
-    cin = x_shape[1]
-    weight = (rng.standard_normal((cout, cin // group, *kernel)) / np.sqrt(cin * np.prod(kernel))).astype(np.float32)
+    cin_per_group = x_shape[1] // attrs.get("group", 1)
+    weight = (rng.standard_normal((cout, cin_per_group, *kernel)) / np.sqrt(cin_per_group * np.prod(kernel))).astype(
+        np.float32
+    )
     bias = rng.standard_normal(cout).astype(np.float32)
-    y_shape = reference.conv(np.zeros(x_shape, np.float32), weight, bias, group=group, **attrs).shape
+    y_shape = reference.conv(np.zeros(x_shape, np.float32), weight, bias, **attrs).shape
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["y"], group=group, **attrs)], "conv2d",
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs)], "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))],
         initializer=[numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],

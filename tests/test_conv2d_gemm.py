@@ -1,6 +1,6 @@
-"""Conv2d lowered to our GEMM (`pipeline/passes/conv_gemm.py`): every attribute combination we
-rewrite equals onnxruntime and the float64 numpy reference; what we do not rewrite keeps TVM's
-lowering and says so."""
+"""Conv2d, and grouped Conv1d and Conv2d, lowered to our GEMM (`pipeline/passes/conv_gemm.py`):
+every attribute combination we rewrite equals onnxruntime and the float64 numpy reference; what we
+do not rewrite keeps TVM's lowering and says so."""
 
 import logging
 
@@ -17,12 +17,12 @@ from pipeline.passes.conv_gemm import POSITION_MULTIPLE, _grid, _RowLayout
 from pipeline.runtime import load
 from pipeline.target import resolve_target
 
-from .conftest import CONV2D_CASES, conv2d_model, onnx_file_build_options
+from .conftest import CONV2D_CASES, GROUPED_CONV_CASES, conv_model, onnx_file_build_options
 
 
 def _build_and_compare(tmp_path, schedules, x_shape, cout, kernel, attrs) -> None:
-    model, weight, bias = conv2d_model(x_shape, cout, kernel, attrs)
-    path = tmp_path / "conv2d.onnx"
+    model, weight, bias = conv_model(x_shape, cout, kernel, attrs)
+    path = tmp_path / "conv.onnx"
     path.write_bytes(model.SerializeToString())
     result = build(onnx_file_build_options(path, tmp_path / "out", schedules))
     assert result.passed, result.manifest.verification  # against onnxruntime
@@ -42,7 +42,14 @@ def _rewritten_convolutions(model) -> int:
 @pytest.mark.parametrize("name", sorted(CONV2D_CASES))
 def test_conv2d_through_our_gemm_equals_onnxruntime_and_numpy(name, tmp_path, empty_schedules):
     x_shape, cout, kernel, attrs = CONV2D_CASES[name]
-    assert _rewritten_convolutions(conv2d_model(x_shape, cout, kernel, attrs)[0]) == 1
+    assert _rewritten_convolutions(conv_model(x_shape, cout, kernel, attrs)[0]) == 1
+    _build_and_compare(tmp_path, empty_schedules, x_shape, cout, kernel, attrs)
+
+
+@pytest.mark.parametrize("name", sorted(GROUPED_CONV_CASES))
+def test_grouped_conv_through_our_gemm_equals_onnxruntime_and_numpy(name, tmp_path, empty_schedules):
+    x_shape, cout, kernel, attrs = GROUPED_CONV_CASES[name]
+    assert _rewritten_convolutions(conv_model(x_shape, cout, kernel, attrs)[0]) == 1
     _build_and_compare(tmp_path, empty_schedules, x_shape, cout, kernel, attrs)
 
 
@@ -67,12 +74,12 @@ def test_random_conv2d_equals_onnxruntime_and_numpy(case, tmp_path_factory, empt
     _build_and_compare(tmp_path_factory.mktemp("conv2d"), empty_schedules, *case)
 
 
-def test_a_grouped_conv2d_keeps_tvms_lowering_and_says_why(tmp_path, empty_schedules, caplog):
-    model, _, _ = conv2d_model((1, 4, 6, 6), 4, (3, 3), {"pads": [1, 1, 1, 1]}, group=4)
+def test_a_depthwise_conv2d_keeps_tvms_lowering_and_says_why(tmp_path, empty_schedules, caplog):
+    model, _, _ = conv_model((1, 4, 6, 6), 8, (3, 3), {"pads": [1, 1, 1, 1], "group": 4})
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         gemms = _rewritten_convolutions(model)
     assert gemms == 0
-    assert "conv as GEMM does not apply to relax.nn.conv2d: groups=4" in caplog.text
+    assert "conv as GEMM does not apply to relax.nn.conv2d: depthwise (groups=4, one input channel each)" in caplog.text
     path = tmp_path / "depthwise.onnx"
     path.write_bytes(model.SerializeToString())
     assert build(onnx_file_build_options(path, tmp_path / "out", empty_schedules)).passed

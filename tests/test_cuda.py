@@ -36,9 +36,10 @@ from pipeline.verify import DEFAULT_INPUT_SEED, Tolerance, verify_artifact
 
 from .conftest import (
     CONV2D_CASES,
+    GROUPED_CONV_CASES,
     KERNEL_EQUALS_STRIDE,
     TINY_FRAMES,
-    conv2d_model,
+    conv_model,
     tiny_build_options,
     tir_loops,
     unrolled_extents,
@@ -241,7 +242,15 @@ def test_oobleck_graphs_build_for_cuda_and_their_gpu_schedules_are_right(graph, 
 def test_conv2d_gemms_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
     """The Conv2d GEMM (its padded-row input kernel, the GEMM through dlight's matmul rule, the crop)."""
     x_shape, cout, kernel, attrs = CONV2D_CASES[name]
-    _assert_cuda_build_computes_what_onnxruntime_does(conv2d_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
+    _assert_cuda_build_computes_what_onnxruntime_does(conv_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", sorted(GROUPED_CONV_CASES))
+def test_grouped_conv_gemms_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
+    """The group-indexed GEMM, which dlight's matmul rule does not take: its fallback schedules it."""
+    x_shape, cout, kernel, attrs = GROUPED_CONV_CASES[name]
+    _assert_cuda_build_computes_what_onnxruntime_does(conv_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
 
 
 def test_a_gpu_col2im_of_one_tap_unrolls_no_output_loop():

@@ -16,6 +16,7 @@ from tvm import relax
 from .errors import BuildError
 from .passes.conv_gemm import ConvToGemm
 from .passes.convtranspose_gemm import ConvTransposeToGemm
+from .passes.depthwise_conv import DepthwiseConv
 from .passes.polynomial_sine import PolynomialSine
 from .target import TargetSpec
 
@@ -37,7 +38,7 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
             [ConvTransposeToGemm()] if convtranspose == "zero-waste" else [],
             name="convtranspose",
         ),
-        tvm.transform.Sequential([ConvToGemm()], name="conv"),
+        tvm.transform.Sequential([DepthwiseConv(), ConvToGemm()], name="conv"),
         tvm.transform.Sequential([PolynomialSine()], name="elementwise"),
         tvm.transform.Sequential([relax.transform.LiftTransformParams()], name="lift-weight-preparation"),
         tvm.transform.Sequential(

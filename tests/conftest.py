@@ -93,6 +93,18 @@ GROUPED_CONV_CASES = {
     "2d_groups4_stride2": ((1, 8, 11, 9), 8, (3, 3), {"group": 4, "strides": [2, 2], "pads": [1, 0, 1, 1]}),
     "2d_groups2_multiplier": ((1, 6, 7, 7), 24, (2, 3), {"group": 2, "dilations": [2, 1]}),
 }
+# Depthwise convolutions (one input channel per group), 1-D and 2-D: strides along either axis,
+# dilations, asymmetric pads, more output than input channels, batch 2.
+DEPTHWISE_CONV_CASES = {
+    "1d_k7": ((1, 8, 30), 8, (7,), {"group": 8, "pads": [3, 3]}),
+    "1d_strided_multiplier": ((2, 4, 25), 8, (5,), {"group": 4, "strides": [2], "pads": [2, 1]}),
+    "2d_3x3": ((1, 8, 10, 12), 8, (3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),
+    "2d_7x7": ((1, 4, 13, 11), 4, (7, 7), {"group": 4, "pads": [3, 3, 3, 3]}),
+    "2d_stride2_asym_pads": ((1, 6, 15, 17), 6, (3, 3), {"group": 6, "strides": [2, 2], "pads": [1, 0, 1, 1]}),
+    "2d_stride3_dilated_multiplier": (
+        (2, 3, 14, 16), 6, (3, 2), {"group": 3, "strides": [1, 3], "dilations": [2, 2], "pads": [2, 2, 1, 1]}
+    ),
+}
 
 
 def conv_model(x_shape, cout, kernel, attrs, seed=0):
@@ -113,6 +125,35 @@ def conv_model(x_shape, cout, kernel, attrs, seed=0):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     return model, weight, bias
+
+
+def batchnorm_relu_model(node, weight, x_shape, y_shape):
+    """`node` (from input x and initializer w to c), BatchNormalization, Relu: FuseOps puts the
+    BatchNorm's four elementwise ops and the Relu into the kernel of `node`'s last stage. Returns
+    the model and the BatchNorm's (scale, bias, mean, var)."""
+    rng = np.random.default_rng(0)
+    channels = [rng.uniform(0.5, 1.5, y_shape[1]).astype(np.float32) for _ in range(4)]
+    graph = helper.make_graph(
+        [
+            node,
+            helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["n"]),
+            helper.make_node("Relu", ["n"], ["y"]),
+        ],
+        f"{node.op_type}_bn_relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))],
+        initializer=[numpy_helper.from_array(weight, "w")]
+        + [numpy_helper.from_array(a, n) for a, n in zip(channels, ["scale", "bias", "mean", "var"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return model, channels
+
+
+def convt_bn_relu_model():
+    """ConvTranspose2d, BatchNormalization, Relu (a DCGAN layer)."""
+    weight = (np.random.default_rng(1).standard_normal((8, 4, 4, 4)) / 6).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1])
+    return batchnorm_relu_model(node, weight, (2, 8, 6, 6), (2, 4, 12, 12))[0]
 
 
 @pytest.fixture(scope="session")

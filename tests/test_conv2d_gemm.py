@@ -1,8 +1,6 @@
 """Conv2d, and grouped Conv1d and Conv2d, lowered to our GEMM (`pipeline/passes/conv_gemm.py`):
-every attribute combination we rewrite equals onnxruntime and the float64 numpy reference; what we
-do not rewrite keeps TVM's lowering and says so."""
+every attribute combination we rewrite equals onnxruntime and the float64 numpy reference."""
 
-import logging
 
 import numpy as np
 import pytest
@@ -72,17 +70,6 @@ def conv2d_cases(draw):
 @given(case=conv2d_cases())
 def test_random_conv2d_equals_onnxruntime_and_numpy(case, tmp_path_factory, empty_schedules):
     _build_and_compare(tmp_path_factory.mktemp("conv2d"), empty_schedules, *case)
-
-
-def test_a_depthwise_conv2d_keeps_tvms_lowering_and_says_why(tmp_path, empty_schedules, caplog):
-    model, _, _ = conv_model((1, 4, 6, 6), 8, (3, 3), {"pads": [1, 1, 1, 1], "group": 4})
-    with caplog.at_level(logging.WARNING, logger="pipeline"):
-        gemms = _rewritten_convolutions(model)
-    assert gemms == 0
-    assert "conv as GEMM does not apply to relax.nn.conv2d: depthwise (groups=4, one input channel each)" in caplog.text
-    path = tmp_path / "depthwise.onnx"
-    path.write_bytes(model.SerializeToString())
-    assert build(onnx_file_build_options(path, tmp_path / "out", empty_schedules)).passed
 
 
 @pytest.mark.parametrize(("rows", "width"), [(128, 130), (9, 13), (1, 1), (7, 31), (33, 17)])

@@ -1,14 +1,12 @@
 """The CPU GEMM schedule's choices: the micro-kernel for the target's vector registers, the
 weight streams on few positions, the width of the input panels, the work of each core."""
 
-import numpy as np
 import pytest
 import tvm
-from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.build import build
 from pipeline.conformance import case_model
-from pipeline.graphs import IR_VERSION, OPSET, make_graph
+from pipeline.graphs import make_graph
 from pipeline.importer import import_onnx
 from pipeline.lowering import lower
 from pipeline.passes import default_cpu_schedule
@@ -25,7 +23,14 @@ from pipeline.passes.default_cpu_schedule import (
 )
 from pipeline.target import resolve_target
 
-from .conftest import KERNEL_EQUALS_STRIDE, onnx_file_build_options, tiny_build_options, tir_loops, unrolled_extents
+from .conftest import (
+    KERNEL_EQUALS_STRIDE,
+    convt_bn_relu_model,
+    onnx_file_build_options,
+    tiny_build_options,
+    tir_loops,
+    unrolled_extents,
+)
 
 SUBPANEL_128_CHANNELS = 128 * 32 * 4  # 32 positions of 128 fp32 channels
 AVX512 = VectorUnit.of(tvm.target.Target({"kind": "llvm", "mcpu": "rocketlake"}))
@@ -148,22 +153,7 @@ def test_a_col2im_runs_its_whole_fused_chain_in_parallel(tmp_path, empty_schedul
     """ConvTranspose2d, BatchNormalization, Relu (a DCGAN layer): FuseOps puts the col2im and four
     elementwise ops after it in one kernel. Every stage is computed inside the col2im's parallel
     loop; left as loop nests of their own they ran serially (8.3 ms of such a kernel, 1.9 inlined)."""
-    rng = np.random.default_rng(0)
-    channels = [rng.uniform(0.5, 1.5, 4).astype(np.float32) for _ in range(4)]
-    weight = (rng.standard_normal((8, 4, 4, 4)) / 6).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("ConvTranspose", ["x", "w"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),
-            helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["n"]),
-            helper.make_node("Relu", ["n"], ["y"]),
-        ],
-        "convt_bn_relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 12, 12])],
-        initializer=[numpy_helper.from_array(weight, "w")]
-        + [numpy_helper.from_array(a, n) for a, n in zip(channels, ["scale", "bias", "mean", "var"])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    model = convt_bn_relu_model()
     target = resolve_target("cpu")
     lowered = lower(import_onnx(model).mod, target)
     with target.tvm_target():

@@ -36,10 +36,12 @@ from pipeline.verify import DEFAULT_INPUT_SEED, Tolerance, verify_artifact
 
 from .conftest import (
     CONV2D_CASES,
+    DEPTHWISE_CONV_CASES,
     GROUPED_CONV_CASES,
     KERNEL_EQUALS_STRIDE,
     TINY_FRAMES,
     conv_model,
+    convt_bn_relu_model,
     tiny_build_options,
     tir_loops,
     unrolled_extents,
@@ -159,14 +161,26 @@ def _gpu_scheduled_kernels(graph: str, config: str = "tiny", latent_frames: int 
 
 
 def _thread_extents(func) -> dict[str, int]:
+    return _bound_threads(func.body)
+
+
+def _bound_threads(stmt) -> dict[str, int]:
     extents = {}
 
     def visit(loop):
         if loop.thread_binding is not None:
             extents[loop.thread_binding.thread_tag] = int(loop.extent)
 
-    tvm_ffi.structural_walk(func.body, [(tvm.tirx.For, visit)], order="post")
+    tvm_ffi.structural_walk(stmt, [(tvm.tirx.For, visit)], order="post")
     return extents
+
+
+def _loop_nests_outside_gpu_threads(func) -> int:
+    """How many of a GPU kernel's top-level loop nests bind no thread: TVM compiles them into the
+    host function, where they read device memory."""
+    body = func.body.block.body
+    nests = body.seq if isinstance(body, tvm.tirx.SeqStmt) else [body]
+    return sum(1 for nest in nests if not _bound_threads(nest))
 
 
 def test_gpu_schedule_tiles_every_gemm_in_shared_memory_and_gives_col2im_a_thread_per_output():
@@ -216,6 +230,12 @@ def _assert_cuda_build_computes_what_onnxruntime_does(model, schedules) -> None:
     imported = import_onnx(model)
     compiled = compile_module(imported.mod, target, ScheduleStore(target, schedules))
     assert "cuda" in devices.module_kinds(compiled.executable.mod)
+    outside = {
+        gv.name_hint: _loop_nests_outside_gpu_threads(func)
+        for gv, func in compiled.scheduled.functions.items()
+        if isinstance(func, tvm.tirx.PrimFunc)
+    }
+    assert not any(outside.values()), outside
     weights = compiled.prepare_weights(imported.params)
     check = check_on_host(compiled, weights, imported, model, DEFAULT_INPUT_SEED, Tolerance())
     assert check.passed, check
@@ -237,20 +257,29 @@ def test_oobleck_graphs_build_for_cuda_and_their_gpu_schedules_are_right(graph, 
     )
 
 
+# Every Conv case of the CPU tests, named by kind: Conv2d, grouped, depthwise.
+CONV_CASES = {
+    f"{kind}-{name}": case
+    for kind, cases in (("conv2d", CONV2D_CASES), ("grouped", GROUPED_CONV_CASES), ("depthwise", DEPTHWISE_CONV_CASES))
+    for name, case in cases.items()
+}
+
+
 @needs_nvcc
-@pytest.mark.parametrize("name", sorted(CONV2D_CASES))
-def test_conv2d_gemms_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
-    """The Conv2d GEMM (its padded-row input kernel, the GEMM through dlight's matmul rule, the crop)."""
-    x_shape, cout, kernel, attrs = CONV2D_CASES[name]
+@pytest.mark.parametrize("name", sorted(CONV_CASES))
+def test_convolutions_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
+    """Conv2d's GEMM (its padded-row input kernel, the GEMM through dlight's matmul rule, the crop);
+    the grouped GEMM, which dlight's matmul rule does not take (its fallback schedules it); the
+    depthwise stencil, a thread per output."""
+    x_shape, cout, kernel, attrs = CONV_CASES[name]
     _assert_cuda_build_computes_what_onnxruntime_does(conv_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
 
 
 @needs_nvcc
-@pytest.mark.parametrize("name", sorted(GROUPED_CONV_CASES))
-def test_grouped_conv_gemms_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
-    """The group-indexed GEMM, which dlight's matmul rule does not take: its fallback schedules it."""
-    x_shape, cout, kernel, attrs = GROUPED_CONV_CASES[name]
-    _assert_cuda_build_computes_what_onnxruntime_does(conv_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
+def test_a_gpu_col2im_runs_its_whole_fused_chain_on_gpu_threads(empty_schedules):
+    """A BatchNorm's divide, multiply, add and the Relu after the gather were left as loop nests
+    outside every thread, which TVM compiled into the host function."""
+    _assert_cuda_build_computes_what_onnxruntime_does(convt_bn_relu_model(), empty_schedules)
 
 
 def test_a_gpu_col2im_of_one_tap_unrolls_no_output_loop():

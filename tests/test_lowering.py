@@ -35,7 +35,7 @@ def test_numpy_reference_matches_onnxruntime(name):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_our_build_of_every_case(name, tmp_path, empty_schedules, caplog):
     case = CASES[name]
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.DEBUG, logger="pipeline"):
         result = check_case(case, ConformanceOptions(out=tmp_path, schedules=empty_schedules), resolve_target("cpu"))
     assert result.status == case.expect, result
     if case.expect == "unsupported":

@@ -20,8 +20,9 @@ the KH-fold input never exists. Each output row is a few positions wider than th
 taps reach past it), and a crop after the kernel drops those positions.
 
 Grouped convolutions run group by group inside the one GEMM: a tile of output channels never
-straddles two groups, and reads its own group's input channels. Depthwise (one input channel per
-group), non-NCW/NCHW or symbolic convolutions keep TVM's lowering, and the log says why.
+straddles two groups, and reads its own group's input channels. Depthwise convolutions (one input
+channel per group) are depthwise_conv's, which runs first: our GEMM measured slower on them.
+Non-NCW/NCHW or symbolic convolutions keep TVM's lowering, and the log says why.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import tvm
 from tvm import relax, te, tirx
 
 from .convtranspose_gemm import row_tile
-from .relax_rewrite import rewrite_functions, static_shape, unsupported_layout, unsupported_operands
+from .relax_rewrite import rewrite_calls, static_shape, unsupported_layout, unsupported_operands
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +49,12 @@ _LAYOUTS = {
 POSITION_MULTIPLE = 32
 
 
+def _selects(call: relax.Call) -> bool:
+    return call.op.name in _LAYOUTS
+
+
 def _unsupported_reason(call) -> str | None:
-    layout = unsupported_layout(call, *_LAYOUTS[call.op.name])
-    if layout is not None:
-        return layout
-    operands = unsupported_operands(call)
-    if operands is not None:
-        return operands
-    if int(call.attrs.groups) > 1 and static_shape(call.args[1])[1] == 1:
-        # One input channel per group: a few multiply-adds per output, bound by memory, where our
-        # GEMM's tiles are one row high and a Conv2d adds two passes over memory (its padding
-        # kernel and crop). Side by side on 2 cores, TVM's lowering against our GEMM: 2-D 3 x 3
-        # on 128 channels of 64 x 64 0.67 against 1.32 ms, on 32 channels of 128 x 128 0.50
-        # against 0.98; 7 x 7 on 96 channels of 56 x 56 1.61 against 1.04; 1-D 1.6-2.0 against
-        # 1.2-2.4. Grouped convolutions with more channels per group go to the GEMM: 8 groups of
-        # 32 channels (1-D, k3) took 19.3 ms in TVM's lowering, 0.31 in ours.
-        return f"depthwise (groups={int(call.attrs.groups)}, one input channel each)"
-    return None
+    return unsupported_layout(call, *_LAYOUTS[call.op.name]) or unsupported_operands(call)
 
 
 def _pack_weight(w: relax.Expr, groups: int, tile: int) -> relax.Expr:
@@ -242,54 +232,42 @@ def _conv2d_gemm(phases: te.Tensor, packed: te.Tensor, layout: _RowLayout) -> te
     return _gemm(rows, packed, kernel_w, stride_w, dilation_w, layout.positions)
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
-        super().__init__(mod)
-        self.rewritten: list[str] = []
-        self.kept: list[str] = []
+def _crop(builder: relax.BlockBuilder, flat: relax.Expr, batch: int, channels: int, layout: _RowLayout) -> relax.Expr:
+    """(N, Cout, positions) -> (N, Cout, H, W): the rows apart, without the extra rows and positions."""
+    rows = builder.emit(relax.op.reshape(flat, [batch, channels, *layout.grid]))
+    if layout.grid == layout.out_size:
+        return rows
+    return relax.op.strided_slice(rows, axes=[2, 3], begin=[0, 0], end=list(layout.out_size))
 
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name not in _LAYOUTS:
-            return call
-        reason = _unsupported_reason(call)
-        if reason is not None:
-            self.kept.append(f"{call.op.name}: {reason}")
-            return call
-        attrs = call.attrs
-        x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
-        strides, dilations = [int(s) for s in attrs.strides], [int(d) for d in attrs.dilation]
-        padding = [int(p) for p in attrs.padding]
-        groups = int(attrs.groups)
-        weight = call.args[1]
-        packed = self.builder_.emit(
-            _pack_weight(weight, groups, row_tile(w_shape[0] // groups)),
-            name_hint=f"{weight.name}.packed" if isinstance(weight, relax.Var) else "packed_weight",
-        )
-        self.rewritten.append(f"{call.op.name} {x_shape}x{w_shape} s{strides} d{dilations} p{padding} g{groups}")
-        if call.op.name == "relax.nn.conv1d":
-            kernel = w_shape[2]
-            out_len = (x_shape[2] + sum(padding) - (kernel - 1) * dilations[0] - 1) // strides[0] + 1
-            return self.builder_.call_te(
-                _conv1d_gemm, call.args[0], packed, kernel, strides[0], dilations[0], padding[0], out_len,
-                primfunc_name_hint="conv_gemm",
-            )
-        layout = _RowLayout(tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(strides), tuple(dilations), tuple(padding))
-        phases = self.builder_.emit(
-            self.builder_.call_te(lambda x: _row_phases(x, layout), call.args[0], primfunc_name_hint="conv_row_phases")
-        )
-        flat = self.builder_.emit(
-            self.builder_.call_te(lambda x, w: _conv2d_gemm(x, w, layout), phases, packed, primfunc_name_hint="conv_gemm")
-        )
-        return self._crop(flat, x_shape[0], w_shape[0], layout)
 
-    def _crop(self, flat: relax.Expr, batch: int, channels: int, layout: _RowLayout) -> relax.Expr:
-        """(N, Cout, positions) -> (N, Cout, H, W): the rows apart, without the extra rows and positions."""
-        rows = self.builder_.emit(relax.op.reshape(flat, [batch, channels, *layout.grid]))
-        if layout.grid == layout.out_size:
-            return rows
-        return relax.op.strided_slice(rows, axes=[2, 3], begin=[0, 0], end=list(layout.out_size))
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr, str]:
+    attrs = call.attrs
+    x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
+    strides, dilations = [int(s) for s in attrs.strides], [int(d) for d in attrs.dilation]
+    padding = [int(p) for p in attrs.padding]
+    groups = int(attrs.groups)
+    weight = call.args[1]
+    packed = builder.emit(
+        _pack_weight(weight, groups, row_tile(w_shape[0] // groups)),
+        name_hint=f"{weight.name}.packed" if isinstance(weight, relax.Var) else "packed_weight",
+    )
+    line = f"{x_shape}x{w_shape} s{strides} d{dilations} p{padding} g{groups}"
+    if call.op.name == "relax.nn.conv1d":
+        kernel = w_shape[2]
+        out_len = (x_shape[2] + sum(padding) - (kernel - 1) * dilations[0] - 1) // strides[0] + 1
+        gemm = builder.call_te(
+            _conv1d_gemm, call.args[0], packed, kernel, strides[0], dilations[0], padding[0], out_len,
+            primfunc_name_hint="conv_gemm",
+        )
+        return gemm, line
+    layout = _RowLayout(tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(strides), tuple(dilations), tuple(padding))
+    phases = builder.emit(
+        builder.call_te(lambda x: _row_phases(x, layout), call.args[0], primfunc_name_hint="conv_row_phases")
+    )
+    flat = builder.emit(
+        builder.call_te(lambda x, w: _conv2d_gemm(x, w, layout), phases, packed, primfunc_name_hint="conv_gemm")
+    )
+    return _crop(builder, flat, x_shape[0], w_shape[0], layout), line
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvToGemm")
@@ -298,11 +276,4 @@ class ConvToGemm:
     refusal."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        rewritten = rewrite_functions(mod, rewriter)
-        log.info("conv as GEMM: %d rewritten", len(rewriter.rewritten))
-        for line in rewriter.rewritten:
-            log.debug("conv as GEMM: %s", line)
-        for line in rewriter.kept:
-            log.warning("conv as GEMM does not apply to %s; TVM's lowering is kept for it", line)
-        return rewritten
+        return rewrite_calls(mod, _selects, _unsupported_reason, _rewrite, log, "conv as GEMM")

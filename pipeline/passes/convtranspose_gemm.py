@@ -24,7 +24,7 @@ import logging
 import tvm
 from tvm import relax, te, tirx
 
-from .relax_rewrite import rewrite_functions, static_shape, unsupported_layout, unsupported_operands
+from .relax_rewrite import rewrite_calls, static_shape, unsupported_layout, unsupported_operands
 
 log = logging.getLogger(__name__)
 
@@ -126,53 +126,41 @@ def _col2im(cols: te.Tensor, kernel, in_size, strides, dilations, pads_begin, ou
     return te.compute((batch, cout, *out_size), gather, name="convt_col2im")
 
 
-@relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
-        super().__init__(mod)
-        self.rewritten: list[str] = []
-        self.kept: list[str] = []
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr, str]:
+    attrs = call.attrs
+    x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
+    rank = len(x_shape) - 2
+    strides = [int(s) for s in attrs.strides]
+    dilations = [int(d) for d in attrs.dilation]
+    padding = [int(p) for p in attrs.padding]
+    output_padding = [int(p) for p in attrs.output_padding]
+    pads_begin, pads_end = padding[:rank], padding[rank:]
+    kernel = w_shape[2:]
+    out_size = [
+        (x_shape[2 + d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1
+        + output_padding[d] - pads_begin[d] - pads_end[d]
+        for d in range(rank)
+    ]
+    groups = int(attrs.groups)
+    cout_per_group = w_shape[1]
+    weight = call.args[1]
+    packed = builder.emit(
+        _pack_weight(weight, groups, row_tile(cout_per_group * _product(kernel))),
+        name_hint=f"{weight.name}.packed" if isinstance(weight, relax.Var) else "packed_weight",
+    )
+    flat_x = call.args[0] if rank == 1 else builder.emit(
+        relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], _product(x_shape[2:])])
+    )
+    cols = builder.emit(builder.call_te(_gemm, flat_x, packed, primfunc_name_hint="convt_gemm"))
+    col2im = builder.call_te(
+        _col2im, cols, kernel, x_shape[2:], strides, dilations, pads_begin, out_size,
+        primfunc_name_hint="convt_col2im",
+    )
+    return col2im, f"{x_shape}x{w_shape} s{strides} d{dilations} p{padding} op{output_padding} g{groups}"
 
-    def visit_call_(self, call):  # noqa: D102 - PyExprMutator hook
-        call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name not in _LAYOUTS:
-            return call
-        reason = _unsupported_reason(call)
-        if reason is not None:
-            self.kept.append(f"{call.op.name}: {reason}")
-            return call
-        attrs = call.attrs
-        x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
-        rank = len(x_shape) - 2
-        strides = [int(s) for s in attrs.strides]
-        dilations = [int(d) for d in attrs.dilation]
-        padding = [int(p) for p in attrs.padding]
-        output_padding = [int(p) for p in attrs.output_padding]
-        pads_begin, pads_end = padding[:rank], padding[rank:]
-        kernel = w_shape[2:]
-        out_size = [
-            (x_shape[2 + d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1
-            + output_padding[d] - pads_begin[d] - pads_end[d]
-            for d in range(rank)
-        ]
-        groups = int(attrs.groups)
-        cout_per_group = w_shape[1]
-        weight = call.args[1]
-        packed = self.builder_.emit(
-            _pack_weight(weight, groups, row_tile(cout_per_group * _product(kernel))),
-            name_hint=f"{weight.name}.packed" if isinstance(weight, relax.Var) else "packed_weight",
-        )
-        flat_x = call.args[0] if rank == 1 else self.builder_.emit(
-            relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], _product(x_shape[2:])])
-        )
-        cols = self.builder_.emit(self.builder_.call_te(_gemm, flat_x, packed, primfunc_name_hint="convt_gemm"))
-        self.rewritten.append(
-            f"{call.op.name} {x_shape}x{w_shape} s{strides} d{dilations} p{padding} op{output_padding} g{groups}"
-        )
-        return self.builder_.call_te(
-            _col2im, cols, kernel, x_shape[2:], strides, dilations, pads_begin, out_size,
-            primfunc_name_hint="convt_col2im",
-        )
+
+def _selects(call: relax.Call) -> bool:
+    return call.op.name in _LAYOUTS
 
 
 @tvm.transform.module_pass(opt_level=0, name="ConvTransposeToGemm")
@@ -180,11 +168,4 @@ class ConvTransposeToGemm:
     """Rewrite every supported ConvTranspose into GEMM + col2im; log each rewrite and each refusal."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewriter = _Rewriter(mod)
-        rewritten = rewrite_functions(mod, rewriter)
-        for line in rewriter.rewritten:
-            log.info("zero-waste lowering: %s", line)
-        for line in rewriter.kept:
-            log.warning("zero-waste lowering does not apply to %s; TVM's stock lowering is kept for it", line)
-        return rewritten
-
+        return rewrite_calls(mod, _selects, _unsupported_reason, _rewrite, log, "zero-waste lowering")

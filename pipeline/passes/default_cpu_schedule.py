@@ -29,7 +29,8 @@ from tvm.s_tir.schedule import ScheduleError
 from tvm.target import codegen
 
 from .conv_gemm import CONV_STRIDE_ANNOTATION, INPUT_ROW_ANNOTATION
-from .kernel_blocks import first_block_named, reduction_rank
+from .depthwise_conv import ROW_STRIDE_ANNOTATION
+from .kernel_blocks import first_block_named, inline_chain_after, reduction_rank
 
 COLUMN_VECTORS = 2
 
@@ -374,16 +375,10 @@ def _schedule_col2im(sch: s_tir.Schedule) -> None:
     """Rows in parallel; the gather is computed per element of its consumer (the fused bias add),
     with its few taps unrolled so the compiler folds the bounds tests into straight-line code."""
     gather = sch.get_sblock("convt_col2im")
-    # The elementwise chain FuseOps put after it (bias; a BatchNorm's subtract, divide, multiply,
-    # add; an activation) is inlined into the kernel's last stage, its only consumer then: left as
-    # loop nests of their own, all but the first ran serially over the whole output (a DCGAN
-    # layer's col2im kernel, 64 channels of 32 x 32, batch 16: 8.3 ms).
-    intermediate = list(sch.get(sch.get_sblock("root")).alloc_buffers)
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    names = [sch.get(block).name_hint for block in blocks]
-    for block in blocks[names.index("convt_col2im") + 1:]:
-        if all(any(region.source.same_as(buffer) for buffer in intermediate) for region in sch.get(block).writes):
-            sch.compute_inline(block)
+    # Left as loop nests of their own, all but the first stage of the chain after the gather ran
+    # serially over the whole output (a DCGAN layer's col2im kernel, 64 channels of 32 x 32,
+    # batch 16: 8.3 ms).
+    inline_chain_after(sch, "convt_col2im")
     consumers = sch.get_consumers(gather)
     if len(consumers) == 1:
         rest = _parallel_rows(sch, consumers[0])
@@ -419,11 +414,81 @@ def _schedule_row_phases(sch: s_tir.Schedule, unit: VectorUnit) -> None:
         sch.vectorize(sch.split(column, factors=[None, unit.lanes])[1])
 
 
+# The most vectors of positions one run of a depthwise stencil's taps accumulates (in registers):
+# more would spill with AVX2's 16 registers.
+STENCIL_VECTORS = 8
+
+
+def _lanes(extent: int, most: int) -> int:
+    """The most lanes, up to `most`, in whole vectors of `extent` positions."""
+    lanes = most
+    while lanes > 1 and extent % lanes:
+        lanes //= 2
+    return lanes
+
+
+def _vectorize_innermost(sch: s_tir.Schedule, block, most: int) -> None:
+    innermost = sch.get_loops(block)[-1]
+    lanes = _lanes(_extent(sch, innermost), most)
+    if lanes > 1:
+        sch.vectorize(sch.split(innermost, factors=[None, lanes])[1])
+
+
+def _schedule_depthwise(sch: s_tir.Schedule, unit: VectorUnit) -> None:
+    """Channels in parallel; each channel's padded input computed once, in cache, so the stencil
+    reads it without bounds tests (a strided row stored as the stride's phases, so a vector of
+    outputs reads contiguous inputs: a 3 x 3 stencil of stride 2 on 112 x 112 took 141 us against
+    252 with strided loads); per output row a run of up to STENCIL_VECTORS vectors of positions
+    accumulates in registers over all the taps, then the fused epilogue (bias, activation) stores
+    it."""
+    inline_chain_after(sch, "conv_depthwise")
+    stencil, pad = sch.get_sblock("conv_depthwise"), sch.get_sblock("conv_pad")
+    epilogue = sch.get_consumers(stencil)
+    taps = reduction_rank(sch, stencil)
+    loops = sch.get_loops(stencil)
+    n, c, *spatial = loops[:-taps]
+    tap_loops = loops[-taps:]
+    *outer, positions = spatial
+    lanes = _lanes(_extent(sch, positions), unit.lanes)
+    vectors = _extent(sch, positions) // lanes
+    run = max(count for count in range(1, STENCIL_VECTORS + 1) if vectors % count == 0)
+    runs, vector, lane = sch.split(positions, factors=[None, run, lanes])
+    channel = sch.fuse(n, c)
+    sch.parallel(channel)
+    sch.reorder(*outer, runs, *tap_loops, vector, lane)
+    accumulator = sch.cache_write(stencil, 0, "local")
+    sch.reverse_compute_at(accumulator, runs)
+    stores = [accumulator]
+    if epilogue:
+        sch.reverse_compute_at(epilogue[-1], runs)
+        stores.append(epilogue[-1])
+    stride = int(sch.get(pad).annotations[ROW_STRIDE_ANNOTATION])
+    if stride > 1:
+        sch.transform_layout(pad, ("write", 0), lambda *i: (*i[:-1], i[-1] % stride, i[-1] // stride))
+    sch.compute_at(pad, channel)
+    sch.unroll(tap_loops[-1])
+    sch.unroll(vector)
+    if lanes > 1:
+        sch.vectorize(lane)
+    sch.decompose_reduction(stencil, tap_loops[0])
+    for store in stores:
+        _vectorize_innermost(sch, store, unit.lanes)
+    if stride > 1:
+        # Each phase of the padded row is copied in whole vectors (see conv_pad). Vectors of the
+        # padding's bounds test measured slower than scalar code on unstrided rows (a 3 x 3
+        # stencil on 64 x 64: 203 against 150 us), faster here (stride 2 on 112 x 112: 141
+        # against 243; in 1-D 65 against 80).
+        index, phase = sch.split(sch.get_loops(pad)[-1], factors=[None, stride])
+        sch.reorder(phase, index)
+        sch.vectorize(sch.split(index, factors=[None, unit.lanes])[1])
+
+
 _SCHEDULES = {
     "convt_gemm": lambda sch, unit, cores: _schedule_gemm(sch, "convt_gemm", unit, cores),
     "conv_gemm": lambda sch, unit, cores: _schedule_gemm(sch, "conv_gemm", unit, cores),
     "convt_col2im": lambda sch, _unit, _cores: _schedule_col2im(sch),
     "conv_row_phases": lambda sch, unit, _cores: _schedule_row_phases(sch, unit),
+    "conv_depthwise": lambda sch, unit, _cores: _schedule_depthwise(sch, unit),
 }
 # Kernels whose schedule here beats what MetaSchedule finds in a budget this machine can afford
 # (measured: 73-87 GFLOP/s against 18-46 after 32 trials per kernel), so tuning leaves them alone.

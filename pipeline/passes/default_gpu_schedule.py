@@ -2,9 +2,9 @@
 binding, for the rest. A GPU kernel without bound threads fails to compile, so every kernel leaves
 here scheduled.
 
-- col2im: one thread per output element, its few taps unrolled. dlight files it under
-  GeneralReduction (it is a sum over taps), which runs each output's sum across a 256-thread
-  block: 2 of 256 threads busy for the Oobleck layers, one block per output element.
+- col2im and the depthwise stencil: one thread per output element, its few taps unrolled. dlight
+  files them under GeneralReduction (a sum over taps), which runs each output's sum across a
+  256-thread block: 2 of 256 threads busy for the Oobleck layers, one block per output element.
 - The GEMMs (convt_gemm, conv_gemm with its fused epilogue): dlight's Matmul rule, which stages
   tiles of both operands in shared memory and accumulates a register tile per thread. Its CUDA
   tile gives each thread 4 x 4 outputs: two 16-byte shared-memory loads feed 16 FMAs. Where the
@@ -22,7 +22,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .kernel_blocks import first_block_named, reduction_rank
+from .kernel_blocks import first_block_named, inline_chain_after, reduction_rank
 
 THREADS_PER_BLOCK = 256
 # The large tile runs one block per multiprocessor (its 198 registers x 256 threads). A grid of
@@ -77,11 +77,20 @@ def _schedule_gemm(func: tirx.PrimFunc, name: str, target: tvm.target.Target) ->
     return _SizedMatmul(shape).apply(func, target, False)
 
 
-def _schedule_col2im(func: tirx.PrimFunc, _target: tvm.target.Target) -> s_tir.Schedule:
-    """Threads over the outputs of the gather's consumer (the fused bias add) in order, so a warp
-    writes consecutive outputs; the gather is computed per output, its taps unrolled."""
+def _schedule_gather(func: tirx.PrimFunc, name: str) -> s_tir.Schedule:
+    """A sum over a few taps per output (col2im, the depthwise stencil): threads over the outputs
+    of the kernel's last stage in order, so a warp writes consecutive outputs; the sum computed
+    per output in a register, its taps unrolled. What FuseOps put before it (the stencil's
+    padding: a bounds test per read instead) and the elementwise chain after it are inlined:
+    the chain's later stages were left outside every thread (a ConvTranspose2d + BatchNorm +
+    ReLU's divide, multiply, add and max)."""
     sch = s_tir.Schedule(func)
-    gather = sch.get_sblock("convt_col2im")
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(block).name_hint for block in blocks]
+    for stage in blocks[: names.index(name)]:
+        sch.compute_inline(stage)
+    inline_chain_after(sch, name)
+    gather = sch.get_sblock(name)
     consumers = sch.get_consumers(gather)
     outer = consumers[0] if len(consumers) == 1 else gather
     spatial = sch.get_loops(outer)
@@ -106,7 +115,8 @@ def _schedule_col2im(func: tirx.PrimFunc, _target: tvm.target.Target) -> s_tir.S
 _SCHEDULES = {
     "convt_gemm": lambda func, target: _schedule_gemm(func, "convt_gemm", target),
     "conv_gemm": lambda func, target: _schedule_gemm(func, "conv_gemm", target),
-    "convt_col2im": _schedule_col2im,
+    "convt_col2im": lambda func, _target: _schedule_gather(func, "convt_col2im"),
+    "conv_depthwise": lambda func, _target: _schedule_gather(func, "conv_depthwise"),
 }
 
 

@@ -1,10 +1,17 @@
-"""What the Relax rewriting passes share: static shapes, the operand checks, and running a mutator
-over every Relax function of a module."""
+"""What the Relax rewriting passes share: static shapes, the operand checks, and a mutator that
+rewrites the calls of some operators over every Relax function of a module, and logs what it did."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import tvm
 from tvm import relax, tirx
+
+# What a rewrite makes of one call: the expression that replaces it (built with the block
+# builder, which emits what it needs before it), and a line for the log.
+Rewrite = Callable[[relax.BlockBuilder, relax.Call], tuple[relax.Expr, str]]
 
 FLOAT_DTYPES = {"float32", "float16", "float64"}
 
@@ -49,3 +56,51 @@ def rewrite_functions(mod: tvm.IRModule, rewriter: relax.PyExprMutator) -> tvm.I
         if isinstance(func, relax.Function):
             rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
     return rewriter.builder_.finalize()
+
+
+@relax.expr_functor.mutator
+class _CallRewriter(relax.PyExprMutator):
+    def __init__(
+        self,
+        mod: tvm.IRModule,
+        ops: Callable[[relax.Call], bool],
+        unsupported: Callable[[relax.Call], str | None],
+        rewrite: Rewrite,
+    ) -> None:
+        super().__init__(mod)
+        self.ops, self.unsupported, self.rewrite = ops, unsupported, rewrite
+        self.rewritten: list[str] = []
+        self.kept: list[str] = []
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or not self.ops(call):
+            return call
+        reason = self.unsupported(call)
+        if reason is not None:
+            self.kept.append(f"{call.op.name}: {reason}")
+            return call
+        replacement, line = self.rewrite(self.builder_, call)
+        self.rewritten.append(f"{call.op.name} {line}")
+        return replacement
+
+
+def rewrite_calls(
+    mod: tvm.IRModule,
+    ops: Callable[[relax.Call], bool],
+    unsupported: Callable[[relax.Call], str | None],
+    rewrite: Rewrite,
+    log: logging.Logger,
+    what: str,
+) -> tvm.IRModule:
+    """`mod` with every operator call that `ops` selects replaced by `rewrite`, unless `unsupported`
+    says why not. The log says how many were rewritten (each one at debug level) and, as a warning,
+    each call kept for TVM's lowering and why."""
+    rewriter = _CallRewriter(mod, ops, unsupported, rewrite)
+    rewritten = rewrite_functions(mod, rewriter)
+    log.info("%s: %d rewritten", what, len(rewriter.rewritten))
+    for line in rewriter.rewritten:
+        log.debug("%s: %s", what, line)
+    for line in rewriter.kept:
+        log.warning("%s does not apply to %s; TVM's lowering is kept for it", what, line)
+    return rewritten

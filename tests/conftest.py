@@ -94,7 +94,7 @@ GROUPED_CONV_CASES = {
     "2d_groups2_multiplier": ((1, 6, 7, 7), 24, (2, 3), {"group": 2, "dilations": [2, 1]}),
 }
 # Depthwise convolutions (one input channel per group), 1-D and 2-D: strides along either axis,
-# dilations, asymmetric pads, more output than input channels, batch 2.
+# dilations, asymmetric pads, more output than input channels, batch 2, one output position.
 DEPTHWISE_CONV_CASES = {
     "1d_k7": ((1, 8, 30), 8, (7,), {"group": 8, "pads": [3, 3]}),
     "1d_strided_multiplier": ((2, 4, 25), 8, (5,), {"group": 4, "strides": [2], "pads": [2, 1]}),
@@ -104,6 +104,9 @@ DEPTHWISE_CONV_CASES = {
     "2d_stride3_dilated_multiplier": (
         (2, 3, 14, 16), 6, (3, 2), {"group": 3, "strides": [1, 3], "dilations": [2, 2], "pads": [2, 2, 1, 1]}
     ),
+    # One output position (its loops vanish in the schedule), with and without a stride.
+    "1d_one_position_strided": ((1, 2, 1), 2, (1,), {"group": 2, "strides": [2]}),
+    "2d_one_column": ((1, 2, 5, 1), 2, (3, 1), {"group": 2, "strides": [1, 2], "pads": [1, 0, 1, 0]}),
 }
 
 

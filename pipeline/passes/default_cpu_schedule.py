@@ -115,6 +115,14 @@ def _bytes(region) -> int:
     return count * _element_bytes(region)
 
 
+def _lanes(extent: int, most: int) -> int:
+    """The most lanes, up to `most`, in whole vectors of `extent` positions."""
+    lanes = most
+    while lanes > 1 and extent % lanes:
+        lanes //= 2
+    return lanes
+
+
 @dataclass(frozen=True)
 class MicroKernel:
     """rows x columns outputs accumulated in registers, the columns as vectors of `lanes`."""
@@ -131,9 +139,7 @@ def micro_kernel(positions: int, row_tile: int, unit: VectorUnit) -> MicroKernel
     (where its 128 MB weight stream bounds it). As many vectors as the unit's accumulators allow
     for the rows: where a row tile is short (a Conv1d to 2 channels), more vectors."""
     rows = min(row_tile, unit.micro_rows)
-    lanes = unit.lanes
-    while lanes > 1 and positions % lanes:
-        lanes //= 2
+    lanes = _lanes(positions, unit.lanes)
     vectors = max(1, unit.accumulators // rows)
     while vectors > 1 and positions % (lanes * vectors):
         vectors //= 2
@@ -358,6 +364,8 @@ def _loops_inside(sch: s_tir.Schedule, block, outer) -> tuple[list, list]:
     loops = sch.get_loops(block)
     start = next(i for i, loop in enumerate(loops) if sch.get(loop).same_as(sch.get(outer))) + 1
     inside = loops[start:]
+    if not inside:
+        return [], []
     realize = sch.get(inside[-1]).body
     reduction_vars = [
         value
@@ -419,19 +427,11 @@ def _schedule_row_phases(sch: s_tir.Schedule, unit: VectorUnit) -> None:
 STENCIL_VECTORS = 8
 
 
-def _lanes(extent: int, most: int) -> int:
-    """The most lanes, up to `most`, in whole vectors of `extent` positions."""
-    lanes = most
-    while lanes > 1 and extent % lanes:
-        lanes //= 2
-    return lanes
-
-
-def _vectorize_innermost(sch: s_tir.Schedule, block, most: int) -> None:
-    innermost = sch.get_loops(block)[-1]
-    lanes = _lanes(_extent(sch, innermost), most)
+def _vectorize_loop(sch: s_tir.Schedule, loop, most: int) -> None:
+    """Vectors of up to `most` lanes that divide the loop, where there are any."""
+    lanes = _lanes(_extent(sch, loop), most)
     if lanes > 1:
-        sch.vectorize(sch.split(innermost, factors=[None, lanes])[1])
+        sch.vectorize(sch.split(loop, factors=[None, lanes])[1])
 
 
 def _schedule_depthwise(sch: s_tir.Schedule, unit: VectorUnit) -> None:
@@ -471,14 +471,19 @@ def _schedule_depthwise(sch: s_tir.Schedule, unit: VectorUnit) -> None:
     if lanes > 1:
         sch.vectorize(lane)
     sch.decompose_reduction(stencil, tap_loops[0])
+    # Unit loops vanish under compute_at (one output position, one padded input column): only a
+    # store's or the padding's own loops are split and vectorized.
     for store in stores:
-        _vectorize_innermost(sch, store, unit.lanes)
-    if stride > 1:
-        # Each phase of the padded row is copied in whole vectors (see conv_pad). Vectors of the
+        own, _ = _loops_inside(sch, store, runs)
+        if own:
+            _vectorize_loop(sch, own[-1], unit.lanes)
+    padded, _ = _loops_inside(sch, pad, channel)
+    if stride > 1 and padded and _extent(sch, padded[-1]) % stride == 0:
+        # Each phase of the padded row is copied as vectors, the last one partial. Vectors of the
         # padding's bounds test measured slower than scalar code on unstrided rows (a 3 x 3
         # stencil on 64 x 64: 203 against 150 us), faster here (stride 2 on 112 x 112: 141
         # against 243; in 1-D 65 against 80).
-        index, phase = sch.split(sch.get_loops(pad)[-1], factors=[None, stride])
+        index, phase = sch.split(padded[-1], factors=[None, stride])
         sch.reorder(phase, index)
         sch.vectorize(sch.split(index, factors=[None, unit.lanes])[1])
 

@@ -80,10 +80,10 @@ def _schedule_gemm(func: tirx.PrimFunc, name: str, target: tvm.target.Target) ->
 def _schedule_gather(func: tirx.PrimFunc, name: str) -> s_tir.Schedule:
     """A sum over a few taps per output (col2im, the depthwise stencil): threads over the outputs
     of the kernel's last stage in order, so a warp writes consecutive outputs; the sum computed
-    per output in a register, its taps unrolled. What FuseOps put before it (the stencil's
-    padding: a bounds test per read instead) and the elementwise chain after it are inlined:
-    the chain's later stages were left outside every thread (a ConvTranspose2d + BatchNorm +
-    ReLU's divide, multiply, add and max)."""
+    per output in a register, its taps unrolled. The stages before it (the stencil's padding: a
+    bounds test per read instead) and the elementwise chain after it are inlined: the chain's
+    later stages had been left outside every thread, where TVM compiles them into the host
+    function (a ConvTranspose2d + BatchNorm + ReLU's divide, multiply, add and max)."""
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(block).name_hint for block in blocks]

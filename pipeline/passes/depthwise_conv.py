@@ -48,10 +48,6 @@ def _unsupported_reason(call) -> str | None:
     return unsupported_layout(call, *_LAYOUTS[call.op.name]) or unsupported_operands(call)
 
 
-# A strided padded input's rows are whole vectors of this many positions (the widest SIMD
-# registers, AVX-512's) per phase of the stride, so the CPU schedule copies them in whole vectors.
-VECTOR_POSITIONS = 16
-
 # The block annotation that tells the CPU schedule the stride along the row (see conv_pad).
 ROW_STRIDE_ANNOTATION = "depthwise_row_stride"
 
@@ -66,12 +62,10 @@ def _depthwise(
     out_size = [
         (size[d] + pads[d] + pads[rank + d] - (kernel[d] - 1) * dilations[d] - 1) // strides[d] + 1 for d in range(rank)
     ]
-    # As far as the last output's last tap reads (a stride can leave input unread); a strided row
-    # in whole vectors per phase of the stride (the CPU schedule stores it as the stride's phases).
+    # As far as the last output's last tap reads (a stride can leave input unread); the row in
+    # whole strides, as the CPU schedule stores it as the stride's phases.
     reach = [(out_size[d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 for d in range(rank)]
-    if strides[-1] > 1:
-        row_unit = strides[-1] * VECTOR_POSITIONS
-        reach[-1] = -(-reach[-1] // row_unit) * row_unit
+    reach[-1] = -(-reach[-1] // strides[-1]) * strides[-1]
 
     def pad(n, c, *p):
         inside = tirx.all(*(cond for d in range(rank) for cond in (p[d] >= pads[d], p[d] < pads[d] + size[d])))

@@ -63,18 +63,18 @@ class _CallRewriter(relax.PyExprMutator):
     def __init__(
         self,
         mod: tvm.IRModule,
-        ops: Callable[[relax.Call], bool],
+        selects: Callable[[relax.Call], bool],
         unsupported: Callable[[relax.Call], str | None],
         rewrite: Rewrite,
     ) -> None:
         super().__init__(mod)
-        self.ops, self.unsupported, self.rewrite = ops, unsupported, rewrite
+        self.selects, self.unsupported, self.rewrite = selects, unsupported, rewrite
         self.rewritten: list[str] = []
         self.kept: list[str] = []
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or not self.ops(call):
+        if not isinstance(call.op, tvm.ir.Op) or not self.selects(call):
             return call
         reason = self.unsupported(call)
         if reason is not None:
@@ -87,16 +87,16 @@ class _CallRewriter(relax.PyExprMutator):
 
 def rewrite_calls(
     mod: tvm.IRModule,
-    ops: Callable[[relax.Call], bool],
+    selects: Callable[[relax.Call], bool],
     unsupported: Callable[[relax.Call], str | None],
     rewrite: Rewrite,
     log: logging.Logger,
     what: str,
 ) -> tvm.IRModule:
-    """`mod` with every operator call that `ops` selects replaced by `rewrite`, unless `unsupported`
-    says why not. The log says how many were rewritten (each one at debug level) and, as a warning,
+    """`mod` with every operator call that `selects` picks replaced by `rewrite`, unless
+    `unsupported` says why not. The log says how many were rewritten (each one at debug level) and, as a warning,
     each call kept for TVM's lowering and why."""
-    rewriter = _CallRewriter(mod, ops, unsupported, rewrite)
+    rewriter = _CallRewriter(mod, selects, unsupported, rewrite)
     rewritten = rewrite_functions(mod, rewriter)
     log.info("%s: %d rewritten", what, len(rewriter.rewritten))
     for line in rewriter.rewritten:

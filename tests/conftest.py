@@ -94,12 +94,14 @@ GROUPED_CONV_CASES = {
     "2d_groups2_multiplier": ((1, 6, 7, 7), 24, (2, 3), {"group": 2, "dilations": [2, 1]}),
 }
 # Depthwise convolutions (one input channel per group), 1-D and 2-D: strides along either axis,
-# dilations, asymmetric pads, more output than input channels, batch 2, one output position.
+# dilations, asymmetric pads, more output than input channels, batch 2, one output position; tall
+# kernels over an even number of output rows (a run then covers two).
 DEPTHWISE_CONV_CASES = {
     "1d_k7": ((1, 8, 30), 8, (7,), {"group": 8, "pads": [3, 3]}),
     "1d_strided_multiplier": ((2, 4, 25), 8, (5,), {"group": 4, "strides": [2], "pads": [2, 1]}),
     "2d_3x3": ((1, 8, 10, 12), 8, (3, 3), {"group": 8, "pads": [1, 1, 1, 1]}),
-    "2d_7x7": ((1, 4, 13, 11), 4, (7, 7), {"group": 4, "pads": [3, 3, 3, 3]}),
+    "2d_7x7": ((1, 4, 12, 11), 4, (7, 7), {"group": 4, "pads": [3, 3, 3, 3]}),
+    "2d_5x3_row_stride": ((1, 3, 16, 9), 3, (5, 3), {"group": 3, "strides": [2, 1], "pads": [2, 2, 1, 1]}),
     "2d_stride2_asym_pads": ((1, 6, 15, 17), 6, (3, 3), {"group": 6, "strides": [2, 2], "pads": [1, 0, 1, 1]}),
     "2d_stride3_dilated_multiplier": (
         (2, 3, 14, 16), 6, (3, 2), {"group": 3, "strides": [1, 3], "dilations": [2, 2], "pads": [2, 2, 1, 1]}

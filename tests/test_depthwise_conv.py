@@ -17,12 +17,19 @@ from pipeline import reference
 from pipeline.build import build
 from pipeline.importer import import_onnx
 from pipeline.lowering import lower
-from pipeline.passes.default_cpu_schedule import DefaultCPUSchedule
+from pipeline.passes.default_cpu_schedule import STENCIL_ROWS, DefaultCPUSchedule
 from pipeline.passes.depthwise_conv import DepthwiseConv
 from pipeline.runtime import load
 from pipeline.target import resolve_target
 
-from .conftest import DEPTHWISE_CONV_CASES, batchnorm_relu_model, conv_model, onnx_file_build_options, tir_loops
+from .conftest import (
+    DEPTHWISE_CONV_CASES,
+    batchnorm_relu_model,
+    conv_model,
+    onnx_file_build_options,
+    tir_loops,
+    unrolled_extents,
+)
 
 
 def _build_and_compare(tmp_path, schedules, model, expected_of) -> None:
@@ -117,3 +124,16 @@ def test_a_depthwise_conv_in_another_layout_keeps_tvms_lowering_and_says_why(cap
         kept = DepthwiseConv()(builder.get())
     assert "depthwise conv does not apply to relax.nn.conv2d: layout NHWC/OIHW" in caplog.text
     assert "R.nn.conv2d" in kept["main"].script()
+
+
+def test_a_tall_stencil_accumulates_two_output_rows_per_run():
+    """Its kernel rows and columns and the run's two rows unrolled, so the taps of both rows share
+    their input loads; a 3 x 3 stencil keeps one row and unrolls only its columns."""
+    for name, tall in (("2d_7x7", True), ("2d_3x3", False)):
+        x_shape, cout, kernel, attrs = DEPTHWISE_CONV_CASES[name]
+        target = resolve_target("cpu")
+        lowered = lower(import_onnx(conv_model(x_shape, cout, kernel, attrs)[0]).mod, target)
+        with target.tvm_target():
+            scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+        unrolled = unrolled_extents(scheduled, "conv_depthwise")
+        assert (unrolled.count(kernel[0]) >= 2 and STENCIL_ROWS in unrolled) == tall, (name, unrolled)

@@ -8,8 +8,8 @@ A depthwise convolution does a few multiply-adds per output and is bound by memo
 padding kernel and a crop, two more passes over memory; it took twice the time of TVM's lowering
 on a 3 x 3 depthwise Conv2d (128 channels of 64 x 64). TVM's lowering runs the stencil untuned,
 with the padding's bounds test in its innermost loop: 1.5x onnxruntime's time on that layer, 4.4x
-on a 7 x 7 one (96 channels of 56 x 56); this kernel 0.55-0.70x and 1.09-1.26x (`bench --onnx`,
-side by side, two runs). The zero padding is a stage of the same kernel, which the CPU schedule
+on a 7 x 7 one (96 channels of 56 x 56); this kernel 0.55-0.70x and 1.12x (`bench --onnx`,
+side by side). The zero padding is a stage of the same kernel, which the CPU schedule
 computes one channel at a time, so the stencil's loads need no bounds test (the GPU schedule
 inlines it into the reads).
 

@@ -37,16 +37,17 @@ def _rewritten_convolutions(model) -> int:
     return sum("conv_gemm" in gv.name_hint for gv in kernels)
 
 
-@pytest.mark.parametrize("name", sorted(CONV2D_CASES))
-def test_conv2d_through_our_gemm_equals_onnxruntime_and_numpy(name, tmp_path, empty_schedules):
-    x_shape, cout, kernel, attrs = CONV2D_CASES[name]
-    assert _rewritten_convolutions(conv_model(x_shape, cout, kernel, attrs)[0]) == 1
-    _build_and_compare(tmp_path, empty_schedules, x_shape, cout, kernel, attrs)
+# Every case our GEMM takes, named by kind.
+GEMM_CASES = {
+    f"{kind}-{name}": case
+    for kind, cases in (("conv2d", CONV2D_CASES), ("grouped", GROUPED_CONV_CASES))
+    for name, case in cases.items()
+}
 
 
-@pytest.mark.parametrize("name", sorted(GROUPED_CONV_CASES))
-def test_grouped_conv_through_our_gemm_equals_onnxruntime_and_numpy(name, tmp_path, empty_schedules):
-    x_shape, cout, kernel, attrs = GROUPED_CONV_CASES[name]
+@pytest.mark.parametrize("name", sorted(GEMM_CASES))
+def test_convolutions_through_our_gemm_equal_onnxruntime_and_numpy(name, tmp_path, empty_schedules):
+    x_shape, cout, kernel, attrs = GEMM_CASES[name]
     assert _rewritten_convolutions(conv_model(x_shape, cout, kernel, attrs)[0]) == 1
     _build_and_compare(tmp_path, empty_schedules, x_shape, cout, kernel, attrs)
 

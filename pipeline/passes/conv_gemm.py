@@ -7,8 +7,8 @@ Conv1d:
     y[n, co, t] = sum_{ci, k} x_padded[n, ci, t*stride + k*dilation] * w[co, ci, k]
 
 The reduction runs over (ci, k) as two loops (one flattened index cost a division per step and
-halved the speed); the weight is packed as (1, Cout/tile, Cin*K, tile)
-by a Relax expression of the weight alone, which `LiftTransformParams` moves to build time like the
+halved the speed); the weight is packed as (groups, Cout/groups/tile, Cin/groups*K, tile) by a
+Relax expression of the weight alone, which `LiftTransformParams` moves to build time like the
 ConvTranspose packing. The zero padding is a TE stage of the same kernel, which the CPU schedule
 inlines into its copy of each input panel.
 
@@ -36,25 +36,24 @@ import tvm
 from tvm import relax, te, tirx
 
 from .convtranspose_gemm import row_tile
-from .relax_rewrite import rewrite_calls, static_shape, unsupported_layout, unsupported_operands
+from .relax_rewrite import (
+    CONV_LAYOUTS,
+    conv_output_size,
+    conv_reach,
+    rewrite_calls,
+    static_shape,
+    unsupported_conv,
+)
 
 log = logging.getLogger(__name__)
 
-_LAYOUTS = {
-    "relax.nn.conv1d": ("NCW", "OIW"),
-    "relax.nn.conv2d": ("NCHW", "OIHW"),
-}
 # A Conv2d's GEMM computes a multiple of this many positions, so the micro-kernel's vectors (up
 # to 2 x 16 lanes) divide them: a partial vector puts a bounds test in the innermost loop.
 POSITION_MULTIPLE = 32
 
 
 def _selects(call: relax.Call) -> bool:
-    return call.op.name in _LAYOUTS
-
-
-def _unsupported_reason(call) -> str | None:
-    return unsupported_layout(call, *_LAYOUTS[call.op.name]) or unsupported_operands(call)
+    return call.op.name in CONV_LAYOUTS
 
 
 def _pack_weight(w: relax.Expr, groups: int, tile: int) -> relax.Expr:
@@ -87,14 +86,10 @@ def _gemm(data: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation
     return te.compute((batch, groups * cout_per_group, out_len), product, name="conv_gemm")
 
 
-def _padded_len(out_len: int, kernel: int, stride: int, dilation: int) -> int:
-    return (out_len - 1) * stride + (kernel - 1) * dilation + 1
-
-
 def _conv1d_gemm(x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation: int, pad_begin: int, out_len: int):
     batch, channels, length = (int(d) for d in x.shape)
     padded = te.compute(
-        (batch, channels, _padded_len(out_len, kernel, stride, dilation)),
+        (batch, channels, conv_reach(out_len, kernel, stride, dilation)),
         lambda n, c, t: tirx.if_then_else(
             tirx.all(t >= pad_begin, t < pad_begin + length), x[n, c, t - pad_begin], tirx.const(0, x.dtype)
         ),
@@ -140,9 +135,9 @@ class _RowLayout:
     @property
     def out_size(self) -> tuple[int, int]:
         return tuple(
-            (self.in_size[d] + self.pads[d] + self.pads[2 + d] - (self.kernel[d] - 1) * self.dilations[d] - 1)
-            // self.strides[d]
-            + 1
+            conv_output_size(
+                self.in_size[d], self.kernel[d], self.strides[d], self.dilations[d], self.pads[d] + self.pads[2 + d]
+            )
             for d in range(2)
         )
 
@@ -164,7 +159,7 @@ class _RowLayout:
     def row_length(self) -> int:
         """Positions of each Conv1d input channel: what the GEMM reads, in whole strides (the CPU
         schedule splits a strided panel into its phases)."""
-        reach = _padded_len(self.positions, self.kernel[1], self.strides[1], self.dilations[1])
+        reach = conv_reach(self.positions, self.kernel[1], self.strides[1], self.dilations[1])
         return -(-reach // self.strides[1]) * self.strides[1]
 
     def row_offset(self, kh) -> tuple:
@@ -254,7 +249,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
     line = f"{x_shape}x{w_shape} s{strides} d{dilations} p{padding} g{groups}"
     if call.op.name == "relax.nn.conv1d":
         kernel = w_shape[2]
-        out_len = (x_shape[2] + sum(padding) - (kernel - 1) * dilations[0] - 1) // strides[0] + 1
+        out_len = conv_output_size(x_shape[2], kernel, strides[0], dilations[0], sum(padding))
         gemm = builder.call_te(
             _conv1d_gemm, call.args[0], packed, kernel, strides[0], dilations[0], padding[0], out_len,
             primfunc_name_hint="conv_gemm",
@@ -276,4 +271,4 @@ class ConvToGemm:
     refusal."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_calls(mod, _selects, _unsupported_reason, _rewrite, log, "conv as GEMM")
+        return rewrite_calls(mod, _selects, unsupported_conv, _rewrite, log, "conv as GEMM")

@@ -24,15 +24,16 @@ import math
 import tvm
 from tvm import relax, te, tirx
 
-from .relax_rewrite import rewrite_calls, static_shape, unsupported_layout, unsupported_operands
+from .relax_rewrite import (
+    CONV_LAYOUTS,
+    conv_output_size,
+    conv_reach,
+    rewrite_calls,
+    static_shape,
+    unsupported_conv,
+)
 
 log = logging.getLogger(__name__)
-
-_LAYOUTS = {
-    "relax.nn.conv1d": ("NCW", "OIW"),
-    "relax.nn.conv2d": ("NCHW", "OIHW"),
-}
-
 
 def is_depthwise(call: relax.Call) -> bool:
     """Whether a conv1d/conv2d call has one input channel per group (and more than one group)."""
@@ -41,11 +42,7 @@ def is_depthwise(call: relax.Call) -> bool:
 
 
 def _selects(call: relax.Call) -> bool:
-    return call.op.name in _LAYOUTS and is_depthwise(call)
-
-
-def _unsupported_reason(call) -> str | None:
-    return unsupported_layout(call, *_LAYOUTS[call.op.name]) or unsupported_operands(call)
+    return call.op.name in CONV_LAYOUTS and is_depthwise(call)
 
 
 # The block annotation that tells the CPU schedule the stride along the row (see conv_pad).
@@ -60,11 +57,11 @@ def _depthwise(
     rank = len(size)
     multiplier = cout // channels
     out_size = [
-        (size[d] + pads[d] + pads[rank + d] - (kernel[d] - 1) * dilations[d] - 1) // strides[d] + 1 for d in range(rank)
+        conv_output_size(size[d], kernel[d], strides[d], dilations[d], pads[d] + pads[rank + d]) for d in range(rank)
     ]
     # As far as the last output's last tap reads (a stride can leave input unread); the row in
     # whole strides, as the CPU schedule stores it as the stride's phases.
-    reach = [(out_size[d] - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 for d in range(rank)]
+    reach = [conv_reach(out_size[d], kernel[d], strides[d], dilations[d]) for d in range(rank)]
     reach[-1] = -(-reach[-1] // strides[-1]) * strides[-1]
 
     def pad(n, c, *p):
@@ -105,4 +102,4 @@ class DepthwiseConv:
     rewrite and each refusal. Runs before ConvToGemm, which would take them otherwise."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_calls(mod, _selects, _unsupported_reason, _rewrite, log, "depthwise conv")
+        return rewrite_calls(mod, _selects, unsupported_conv, _rewrite, log, "depthwise conv")

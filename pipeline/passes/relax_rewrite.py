@@ -1,5 +1,6 @@
-"""What the Relax rewriting passes share: static shapes, the operand checks, and a mutator that
-rewrites the calls of some operators over every Relax function of a module, and logs what it did."""
+"""What the Relax rewriting passes share: static shapes, the layout and operand checks, convolution
+size arithmetic, and a mutator that rewrites the calls of some operators over every Relax function
+of a module, and logs what it did."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from tvm import relax, tirx
 Rewrite = Callable[[relax.BlockBuilder, relax.Call], tuple[relax.Expr, str]]
 
 FLOAT_DTYPES = {"float32", "float16", "float64"}
+# The (data, kernel) layouts the convolution rewrites handle, per operator.
+CONV_LAYOUTS = {
+    "relax.nn.conv1d": ("NCW", "OIW"),
+    "relax.nn.conv2d": ("NCHW", "OIHW"),
+}
 
 
 def static_shape(expr) -> list[int] | None:
@@ -26,6 +32,16 @@ def static_shape(expr) -> list[int] | None:
             return None
         dims.append(int(d))
     return dims
+
+
+def conv_output_size(size: int, kernel: int, stride: int, dilation: int, pads: int) -> int:
+    """Outputs of a convolution along one axis; `pads` is the padding at both ends together."""
+    return (size + pads - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def conv_reach(outputs: int, kernel: int, stride: int, dilation: int) -> int:
+    """Input positions (padding included) that `outputs` outputs along one axis read."""
+    return (outputs - 1) * stride + (kernel - 1) * dilation + 1
 
 
 def unsupported_layout(call, data_layout: str, kernel_layout: str) -> str | None:
@@ -49,6 +65,12 @@ def unsupported_operands(call) -> str | None:
     if out_dtype is not None and str(out_dtype) not in ("", *dtypes):
         return f"out_dtype {out_dtype}"
     return None
+
+
+def unsupported_conv(call) -> str | None:
+    """Why a conv1d/conv2d call cannot be rewritten (layouts other than CONV_LAYOUTS', operands),
+    or None."""
+    return unsupported_layout(call, *CONV_LAYOUTS[call.op.name]) or unsupported_operands(call)
 
 
 def rewrite_functions(mod: tvm.IRModule, rewriter: relax.PyExprMutator) -> tvm.IRModule:
@@ -94,8 +116,8 @@ def rewrite_calls(
     what: str,
 ) -> tvm.IRModule:
     """`mod` with every operator call that `selects` picks replaced by `rewrite`, unless
-    `unsupported` says why not. The log says how many were rewritten (each one at debug level) and, as a warning,
-    each call kept for TVM's lowering and why."""
+    `unsupported` says why not. The log says how many were rewritten (each one at debug level)
+    and, as a warning, each call kept for TVM's lowering and why."""
     rewriter = _CallRewriter(mod, selects, unsupported, rewrite)
     rewritten = rewrite_functions(mod, rewriter)
     log.info("%s: %d rewritten", what, len(rewriter.rewritten))

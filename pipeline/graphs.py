@@ -13,6 +13,7 @@ Named graphs, for a chunk of T latent frames:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -24,7 +25,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .data_files import data_folder
 from .errors import GraphError
-from .onnx_shapes import infer_shapes
+from .onnx_shapes import infer_shapes, value_shapes
+from .passes.fold_shape_arithmetic import fold_shape_arithmetic
+
+log = logging.getLogger(__name__)
 
 GRAPHS_DIR = data_folder("graphs")
 # GraphSource.origin of a named graph: this prefix and the config's name.
@@ -546,24 +550,28 @@ class GraphSelection:
 
 
 def useful_flops(model: onnx.ModelProto) -> int:
-    """Multiply-adds x 2 of every Conv and ConvTranspose node: the work an ideal kernel must do.
+    """Multiply-adds x 2 of every Conv, ConvTranspose, MatMul and Gemm node: the work an ideal
+    kernel must do.
 
     ConvTranspose counts 2 * N * Cin * Cout/group * prod(kernel) * prod(input spatial), i.e. no
-    multiplication by inserted zeros; Conv counts the same per output position."""
-    inferred = infer_shapes(model)
-    shapes = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
-    }
-    shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
+    multiplication by inserted zeros; Conv counts the same per output position; MatMul and Gemm
+    2 * K per output element. Shape arithmetic is folded first, as for the import (an exported
+    Pad's pads are computed); a node whose shapes stay unknown is left out, and the log says which."""
+    shapes = value_shapes(fold_shape_arithmetic(model)[0], data_prop=True)
     total = 0
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose"):
+        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm"):
             continue
-        x, w = shapes[node.input[0]], shapes[node.input[1]]
+        x, w, y = shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0])
+        if any(shape is None or None in shape for shape in (x, w, y)):
+            log.warning("useful FLOPs leave out %s node %r: its shapes are not static", node.op_type, node.name)
+            continue
         if node.op_type == "ConvTranspose":
             total += 2 * x[0] * w[0] * w[1] * math.prod(w[2:]) * math.prod(x[2:])
-        else:
-            y = shapes[node.output[0]]
+        elif node.op_type == "Conv":
             total += 2 * y[0] * w[0] * w[1] * math.prod(w[2:]) * math.prod(y[2:])
+        else:
+            trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+            reduction = x[-2] if node.op_type == "Gemm" and trans_a else x[-1]
+            total += 2 * math.prod(y) * reduction
     return total

@@ -17,6 +17,8 @@ from .errors import BuildError
 from .passes.conv_gemm import ConvToGemm
 from .passes.convtranspose_gemm import ConvTransposeToGemm
 from .passes.depthwise_conv import DepthwiseConv
+from .passes.fast_math import FastMath
+from .passes.matmul_gemm import MatmulToGemm
 from .passes.polynomial_sine import PolynomialSine
 from .target import TargetSpec
 
@@ -39,7 +41,8 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
             name="convtranspose",
         ),
         tvm.transform.Sequential([DepthwiseConv(), ConvToGemm()], name="conv"),
-        tvm.transform.Sequential([PolynomialSine()], name="elementwise"),
+        tvm.transform.Sequential([MatmulToGemm()], name="matmul"),
+        tvm.transform.Sequential([PolynomialSine(), FastMath()], name="elementwise"),
         tvm.transform.Sequential([relax.transform.LiftTransformParams()], name="lift-weight-preparation"),
         tvm.transform.Sequential(
             [

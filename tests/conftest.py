@@ -132,6 +132,100 @@ def conv_model(x_shape, cout, kernel, attrs, seed=0):
     return model, weight, bias
 
 
+# (a shape, b shape, how b comes): "weight" a Linear layer's (an initializer, then a bias add),
+# "input" a second graph input, "transposed" a second input transposed by the graph.
+MATMUL_CASES = {
+    "linear_3d": ((1, 20, 24), (24, 40), "weight"),
+    "linear_2d": ((6, 16), (16, 48), "weight"),
+    "linear_batch_rows": ((3, 5, 16), (16, 32), "weight"),
+    "odd_sizes": ((1, 7, 5), (5, 3), "weight"),
+    "batched": ((2, 3, 16, 8), (2, 3, 8, 24), "input"),
+    "broadcast_a": ((16, 8), (3, 8, 24), "input"),
+    "broadcast_b_ones": ((3, 16, 8), (1, 8, 24), "input"),
+    "broadcast_both": ((2, 1, 16, 8), (1, 3, 8, 24), "input"),
+    "attention_scores": ((2, 32, 16), (2, 16, 32), "transposed"),
+}
+
+
+def matmul_model(a_shape, b_shape, b_kind, seed=0):
+    """The ONNX model of one case, its inputs' shapes and a float64 numpy function of its inputs."""
+    rng = np.random.default_rng(seed)
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, list(a_shape))]
+    initializers, nodes = [], []
+    if b_kind == "weight":
+        weight = rng.standard_normal(b_shape).astype(np.float32)
+        bias = rng.standard_normal(b_shape[-1]).astype(np.float32)
+        initializers = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "bias")]
+        nodes = [helper.make_node("MatMul", ["a", "w"], ["product"]), helper.make_node("Add", ["product", "bias"], ["y"])]
+        shapes = [a_shape]
+
+        def expected(a):
+            return np.matmul(a.astype(np.float64), weight.astype(np.float64)) + bias
+    else:
+        stored = b_shape[:-2] + b_shape[:-3:-1] if b_kind == "transposed" else b_shape
+        inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, list(stored)))
+        if b_kind == "transposed":
+            perm = [*range(len(b_shape) - 2), len(b_shape) - 1, len(b_shape) - 2]
+            nodes = [helper.make_node("Transpose", ["b"], ["bt"], perm=perm), helper.make_node("MatMul", ["a", "bt"], ["y"])]
+        else:
+            nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
+        shapes = [a_shape, stored]
+
+        def expected(a, b):
+            b = np.swapaxes(b, -1, -2) if b_kind == "transposed" else b
+            return np.matmul(a.astype(np.float64), b.astype(np.float64))
+
+    y_shape = np.matmul(np.zeros(a_shape), np.zeros(b_shape)).shape
+    graph = helper.make_graph(
+        nodes, "matmul", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))], initializers
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return model, shapes, expected
+
+
+# Row-wise reductions followed by elementwise stages, each with its float64 numpy reference:
+# (ONNX node, its extra initializers, reference of x and those initializers).
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _normalized(x, axes, scale, bias, eps=1e-5):
+    mean = x.mean(axes, keepdims=True)
+    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(axes, keepdims=True) + eps) * scale + bias
+
+
+NORMALIZATION_CASES = {
+    "softmax": ({"op_type": "Softmax", "axis": -1}, [], _softmax),
+    "layer_norm": (
+        {"op_type": "LayerNormalization", "axis": -1, "epsilon": 1e-5},
+        [40, 40],
+        lambda x, s, b: _normalized(x, -1, s, b),
+    ),
+    "instance_norm": (
+        {"op_type": "InstanceNormalization", "epsilon": 1e-5},
+        [6, 6],
+        lambda x, s, b: _normalized(x, -1, s[:, None], b[:, None]),
+    ),
+}
+
+
+def normalization_model(name, x_shape=(2, 6, 40), seed=0):
+    """The ONNX model of one NORMALIZATION_CASES case and a float64 numpy function of its input."""
+    node, sizes, reference_of = NORMALIZATION_CASES[name]
+    rng = np.random.default_rng(seed)
+    extras = [rng.standard_normal(size).astype(np.float32) for size in sizes]
+    names = [f"p{i}" for i in range(len(extras))]
+    graph = helper.make_graph(
+        [helper.make_node(inputs=["x", *names], outputs=["y"], **node)], name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x_shape))],
+        [numpy_helper.from_array(extra, n) for extra, n in zip(extras, names)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    return model, lambda x: reference_of(x.astype(np.float64), *extras)
+
+
 def batchnorm_relu_model(node, weight, x_shape, y_shape):
     """`node` (from input x and initializer w to c), BatchNormalization, Relu: FuseOps puts the
     BatchNorm's four elementwise ops and the Relu into the kernel of `node`'s last stage. Returns

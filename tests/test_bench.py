@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 import tvm
+from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.bench import BenchOptions, bench
 from pipeline.errors import DeviceError, GraphError, TargetError
-from pipeline.graphs import export_graph, make_graph
+from pipeline.graphs import IR_VERSION, OPSET, export_graph, make_graph, useful_flops
 
 
 def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
@@ -65,3 +66,34 @@ def test_bench_against_pytorch_eager(tmp_path, empty_schedules):
     (row,) = report.rows
     assert report.baseline.startswith("PyTorch") and np.isfinite(row.ratio_to_baseline)
     assert row.baseline_max_rel_error < 1e-4
+
+
+def test_useful_flops_count_matmuls_and_convolutions_after_computed_pads():
+    """MatMul and Gemm count 2 K per output; a Conv whose input a Pad with computed pads makes
+    (what TorchScript writes for ReflectionPad2d) counts once shape arithmetic is folded."""
+    weight = np.zeros((8, 4, 3, 3), np.float32)
+    nodes = [
+        helper.make_node("Concat", ["zeros", "ones"], ["pads"], axis=0),
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Conv", ["padded", "w"], ["conv"]),
+        helper.make_node("Reshape", ["conv", "rows"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "m"], ["product"]),
+        helper.make_node("Gemm", ["product", "g"], ["y"], transA=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "counted", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 2])],
+        [
+            numpy_helper.from_array(np.array([0, 0, 1, 1], np.int64), "zeros"),
+            numpy_helper.from_array(np.array([0, 0, 1, 1], np.int64), "ones"),
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(np.array([8, 36], np.int64), "rows"),
+            numpy_helper.from_array(np.zeros((36, 6), np.float32), "m"),
+            numpy_helper.from_array(np.zeros((8, 2), np.float32), "g"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    conv = 2 * 8 * 4 * 9 * 6 * 6
+    matmul = 2 * 8 * 6 * 36
+    gemm = 2 * 6 * 2 * 8
+    assert useful_flops(model) == conv + matmul + gemm

@@ -39,9 +39,13 @@ from .conftest import (
     DEPTHWISE_CONV_CASES,
     GROUPED_CONV_CASES,
     KERNEL_EQUALS_STRIDE,
+    MATMUL_CASES,
+    NORMALIZATION_CASES,
     TINY_FRAMES,
     conv_model,
     convt_bn_relu_model,
+    matmul_model,
+    normalization_model,
     tiny_build_options,
     tir_loops,
     unrolled_extents,
@@ -273,6 +277,20 @@ def test_convolutions_build_for_cuda_and_their_gpu_schedules_are_right(name, emp
     depthwise stencil, a thread per output."""
     x_shape, cout, kernel, attrs = CONV_CASES[name]
     _assert_cuda_build_computes_what_onnxruntime_does(conv_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", sorted(MATMUL_CASES))
+def test_matmuls_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
+    """One matrix pair through dlight's matmul rule; a batch of them, whose packed operand is
+    indexed by the batch, and the broadcast ones."""
+    _assert_cuda_build_computes_what_onnxruntime_does(matmul_model(*MATMUL_CASES[name])[0], empty_schedules)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", sorted(NORMALIZATION_CASES))
+def test_normalizations_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
+    _assert_cuda_build_computes_what_onnxruntime_does(normalization_model(name)[0], empty_schedules)
 
 
 @needs_nvcc

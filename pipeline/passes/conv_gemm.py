@@ -56,18 +56,31 @@ def _selects(call: relax.Call) -> bool:
     return call.op.name in CONV_LAYOUTS
 
 
-def _pack_weight(w: relax.Expr, groups: int, tile: int) -> relax.Expr:
-    """(Cout, Cin/groups, K...) -> (groups, Cout/groups/tile, Cin/groups*prod(K), tile)."""
+def pack_rows(w: relax.Expr, groups: int, tile: int) -> relax.Expr:
+    """(Cout, Cin/groups, K...) -> (groups, Cout/groups/tile, Cin/groups*prod(K), tile): the GEMM's
+    row operand, each tile's rows side by side for every reduction step."""
     cout, *reduction = static_shape(w)
     size = math.prod(reduction)
     rows = relax.op.reshape(w, [groups, cout // groups // tile, tile, size])
     return relax.op.permute_dims(rows, [0, 1, 3, 2])
 
 
-def _gemm(data: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation: int, out_len: int) -> te.Tensor:
-    """The Conv1d over the kernel's input stage `data` (batch, Cin, padded length)."""
+def packed_gemm(
+    data: te.Tensor,
+    packed: te.Tensor,
+    kernel: int,
+    stride: int,
+    dilation: int,
+    out_len: int,
+    weight_per_batch: bool = False,
+) -> te.Tensor:
+    """The Conv1d over the kernel's input stage `data` (batch, Cin, padded length): the block
+    `conv_gemm`, which the CPU and GPU schedules know by name. With `weight_per_batch` the packed
+    operand's first axis is the batch (one row operand per batch entry, as in a batched matmul)
+    instead of the groups."""
     batch = int(data.shape[0])
-    groups, tiles_per_group, reduction, tile = (int(d) for d in packed.shape)
+    blocks, tiles_per_group, reduction, tile = (int(d) for d in packed.shape)
+    groups = 1 if weight_per_batch else blocks
     channels_per_group = reduction // kernel
     ci = te.reduce_axis((0, channels_per_group), name="ci")
     k = te.reduce_axis((0, kernel), name="k")
@@ -79,7 +92,7 @@ def _gemm(data: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation
         group, local = (0, co) if groups == 1 else (co // cout_per_group, co % cout_per_group)
         return te.sum(
             data[n, group * channels_per_group + ci, t * stride + k * dilation]
-            * packed[group, local // tile, ci * kernel + k, local % tile],
+            * packed[n if weight_per_batch else group, local // tile, ci * kernel + k, local % tile],
             axis=[ci, k],
         )
 
@@ -95,7 +108,7 @@ def _conv1d_gemm(x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dila
         ),
         name="conv_pad",
     )
-    return _gemm(padded, packed, kernel, stride, dilation, out_len)
+    return packed_gemm(padded, packed, kernel, stride, dilation, out_len)
 
 
 def _grid(rows: int, min_width: int) -> tuple[int, int]:
@@ -224,7 +237,7 @@ def _conv2d_gemm(phases: te.Tensor, packed: te.Tensor, layout: _RowLayout) -> te
         name="conv_rows",
         attrs={CONV_STRIDE_ANNOTATION: stride_w},
     )
-    return _gemm(rows, packed, kernel_w, stride_w, dilation_w, layout.positions)
+    return packed_gemm(rows, packed, kernel_w, stride_w, dilation_w, layout.positions)
 
 
 def _crop(builder: relax.BlockBuilder, flat: relax.Expr, batch: int, channels: int, layout: _RowLayout) -> relax.Expr:
@@ -243,7 +256,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
     groups = int(attrs.groups)
     weight = call.args[1]
     packed = builder.emit(
-        _pack_weight(weight, groups, row_tile(w_shape[0] // groups)),
+        pack_rows(weight, groups, row_tile(w_shape[0] // groups)),
         name_hint=f"{weight.name}.packed" if isinstance(weight, relax.Var) else "packed_weight",
     )
     line = f"{x_shape}x{w_shape} s{strides} d{dilations} p{padding} g{groups}"

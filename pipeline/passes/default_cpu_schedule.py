@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import tvm
 from tvm import s_tir, tirx
+from tvm.s_tir import dlight
 from tvm.s_tir.schedule import ScheduleError
 from tvm.target import codegen
 
@@ -538,7 +539,16 @@ def _is_elementwise(sch: s_tir.Schedule) -> bool:
     )
 
 
-def _schedule(func: tirx.PrimFunc, unit: VectorUnit, cores: int) -> tirx.PrimFunc | None:
+def _schedule_normalization(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
+    """Softmax and the normalizations (mean, variance, then elementwise, per row): dlight's CPU
+    reduction rule, which runs the rows in parallel and the elementwise stages vectorized. Left to
+    TVM's lowering they ran on one thread, unvectorized."""
+    with target:
+        sch = dlight.cpu.Reduction().apply(func, target, False)
+    return None if sch is None else sch.mod["main"]
+
+
+def _schedule(func: tirx.PrimFunc, target: tvm.target.Target, unit: VectorUnit, cores: int) -> tirx.PrimFunc | None:
     """`func` with our schedule for `unit` and `cores` threads, or None where we have none for it."""
     sch = s_tir.Schedule(func)
     name = first_block_named(sch, _SCHEDULES)
@@ -546,7 +556,7 @@ def _schedule(func: tirx.PrimFunc, unit: VectorUnit, cores: int) -> tirx.PrimFun
         _SCHEDULES[name](sch, unit, cores)
         return sch.mod["main"]
     if not _is_elementwise(sch):
-        return None
+        return _schedule_normalization(func, target)
     try:
         _schedule_elementwise(sch, unit)
     except ScheduleError:
@@ -561,6 +571,7 @@ class DefaultCPUSchedule:
     Others (if any) are left to TVM's default lowering."""
 
     def __init__(self, target: tvm.target.Target) -> None:
+        self.target = target
         self.unit = VectorUnit.of(target)
         self.cores = int(target.attrs["num-cores"])
 
@@ -569,7 +580,7 @@ class DefaultCPUSchedule:
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
-            scheduled = _schedule(func, self.unit, self.cores)
+            scheduled = _schedule(func, self.target, self.unit, self.cores)
             if scheduled is not None:
                 updated[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         for gv, func in updated.items():

@@ -1,0 +1,84 @@
+"""MatMul and Gemm lowered to our packed GEMM (`pipeline/passes/matmul_gemm.py`): Linear layers
+(a constant right operand, a bias), batched and broadcast products of two activations, transposed
+operands, shapes that are not whole register tiles: each equals onnxruntime and float64 numpy; the
+bias and activation after a Linear run in the GEMM's kernel; a vector operand keeps TVM's lowering
+and says so."""
+
+import logging
+
+import numpy as np
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from pipeline.build import build
+from pipeline.graphs import IR_VERSION, OPSET
+from pipeline.importer import import_onnx
+from pipeline.lowering import lower
+from pipeline.passes.matmul_gemm import MatmulToGemm
+from pipeline.runtime import load
+from pipeline.target import resolve_target
+
+from .conftest import MATMUL_CASES, matmul_model, onnx_file_build_options
+
+
+def _kernels(model) -> list[str]:
+    return [gv.name_hint for gv in lower(import_onnx(model).mod, resolve_target("cpu")).main.functions]
+
+
+@pytest.mark.parametrize("name", sorted(MATMUL_CASES))
+def test_matmuls_through_our_gemm_equal_onnxruntime_and_numpy(name, tmp_path, empty_schedules):
+    model, shapes, expected = matmul_model(*MATMUL_CASES[name])
+    assert sum("matmul_gemm" in kernel for kernel in _kernels(model)) == 1
+    path = tmp_path / "matmul.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = build(onnx_file_build_options(path, tmp_path / "out", empty_schedules))
+    assert result.passed, result.manifest.verification  # against onnxruntime
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal(shape).astype(np.float32) for shape in shapes]
+    want = expected(*inputs)
+    got = load(result.artifact)(*inputs)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_linear_layers_bias_runs_in_the_gemms_kernel():
+    """A reshape after the GEMM would have kept FuseOps from fusing the bias add into it."""
+    kernels = _kernels(matmul_model(*MATMUL_CASES["linear_3d"])[0])
+    assert [kernel for kernel in kernels if "matmul_gemm" in kernel] == ["fused_matmul_gemm_add"], kernels
+    assert not [kernel for kernel in kernels if "add" in kernel and "matmul_gemm" not in kernel], kernels
+
+
+def test_an_onnx_gemm_with_transposed_weight_alpha_and_beta_equals_onnxruntime_and_numpy(tmp_path, empty_schedules):
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((24, 16)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0)], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 24])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "c")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    assert any("matmul_gemm" in kernel for kernel in _kernels(model))
+    path = tmp_path / "gemm.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = build(onnx_file_build_options(path, tmp_path / "out", empty_schedules))
+    assert result.passed, result.manifest.verification
+    a = rng.standard_normal((4, 16)).astype(np.float32)
+    want = 0.5 * a.astype(np.float64) @ weight.T.astype(np.float64) + 2.0 * bias
+    np.testing.assert_allclose(load(result.artifact)(a), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_matmul_with_a_vector_operand_keeps_tvms_lowering_and_says_why(caplog):
+    a = relax.Var("a", relax.TensorType((8,), "float32"))
+    b = relax.Var("b", relax.TensorType((8, 4), "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [a, b]):
+        builder.emit_func_output(builder.emit(relax.op.matmul(a, b)))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        kept = MatmulToGemm()(builder.get())
+    assert "matmul as GEMM does not apply to relax.matmul: a vector operand" in caplog.text
+    assert "R.matmul" in kept["main"].script()
+    tvm.ir.assert_structural_equal(kept, builder.get())

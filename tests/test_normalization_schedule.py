@@ -5,6 +5,8 @@ each equals onnxruntime and the float64 numpy reference."""
 import numpy as np
 import pytest
 import tvm
+from tvm.s_tir import dlight
+from tvm.s_tir.schedule import ScheduleError
 
 from pipeline.build import build
 from pipeline.importer import import_onnx
@@ -33,3 +35,18 @@ def test_normalizations_run_their_rows_in_parallel_and_equal_onnxruntime_and_num
     x = np.random.default_rng(1).standard_normal((2, 6, 40)).astype(np.float32)
     want = expected(x)
     np.testing.assert_allclose(load(result.artifact)(x), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_kernel_dlights_rule_fails_on_keeps_tvms_lowering(monkeypatch):
+    """A ScheduleError inside the rule leaves that kernel as TVM wrote it instead of failing the build."""
+
+    def fails(*_args):
+        raise ScheduleError("the rule's compute_at does not apply")
+
+    monkeypatch.setattr(dlight.cpu.Reduction, "apply", fails)
+    model, _ = normalization_model("softmax")
+    target = resolve_target("cpu")
+    lowered = lower(import_onnx(model).mod, target).main
+    with target.tvm_target():
+        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered)
+    tvm.ir.assert_structural_equal(scheduled, lowered)

@@ -1,4 +1,5 @@
-"""Our CPU schedules for kernels where no tuning record applies: the GEMMs, col2im, elementwise.
+"""Our CPU schedules for kernels where no tuning record applies: the GEMMs, col2im, the depthwise
+stencil, elementwise kernels, softmax and the normalizations.
 
 The GEMM gets a register-blocked micro-kernel: an accumulator tile of output rows x COLUMN_VECTORS
 vectors of positions stays in registers for a chunk of the input-channel loop (then is added to the
@@ -542,9 +543,13 @@ def _is_elementwise(sch: s_tir.Schedule) -> bool:
 def _schedule_normalization(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
     """Softmax and the normalizations (mean, variance, then elementwise, per row): dlight's CPU
     reduction rule, which runs the rows in parallel and the elementwise stages vectorized. Left to
-    TVM's lowering they ran on one thread, unvectorized."""
-    with target:
-        sch = dlight.cpu.Reduction().apply(func, target, False)
+    TVM's lowering they ran on one thread, unvectorized. None where the rule does not apply; the
+    kernel then stays as TVM wrote it."""
+    try:
+        with target:
+            sch = dlight.cpu.Reduction().apply(func, target, False)
+    except ScheduleError:
+        return None
     return None if sch is None else sch.mod["main"]
 
 
@@ -566,8 +571,9 @@ def _schedule(func: tirx.PrimFunc, target: tvm.target.Target, unit: VectorUnit, 
 
 @tvm.transform.module_pass(opt_level=0, name="DefaultCPUSchedule")
 class DefaultCPUSchedule:
-    """Schedule every kernel without a tuning record that we know how to: the GEMMs, col2im and
-    elementwise kernels, for an LLVM `target`: its vector registers and its num-cores threads.
+    """Schedule every kernel without a tuning record that we know how to: the GEMMs, col2im, the
+    depthwise stencil, elementwise kernels and normalizations, for an LLVM `target`: its vector
+    registers and its num-cores threads.
     Others (if any) are left to TVM's default lowering."""
 
     def __init__(self, target: tvm.target.Target) -> None:

@@ -21,7 +21,7 @@ import logging
 import math
 
 import tvm
-from tvm import relax
+from tvm import relax, te
 
 from .conv_gemm import pack_rows, packed_gemm
 from .convtranspose_gemm import row_tile
@@ -45,6 +45,21 @@ def _broadcast(builder: relax.BlockBuilder, x: relax.Expr, shape: list[int]) -> 
     return x if static_shape(x) == shape else builder.emit(relax.op.broadcast_to(x, shape))
 
 
+def _reshaped(builder: relax.BlockBuilder, x: relax.Expr, shape: list[int]) -> relax.Expr:
+    return x if static_shape(x) == shape else builder.emit(relax.op.reshape(x, shape))
+
+
+def _transposed_source(builder: relax.BlockBuilder, b: relax.Expr) -> relax.Expr | None:
+    """x where `b` is x with its last two axes swapped by the graph (`q @ k.transpose(-1, -2)`)."""
+    bound = builder.lookup_binding(b) if isinstance(b, relax.Var) else None
+    if not (isinstance(bound, relax.Call) and isinstance(bound.op, tvm.ir.Op)) or bound.op.name != "relax.permute_dims":
+        return None
+    rank = len(static_shape(b))
+    axes = bound.attrs.axes
+    swapped = [*range(rank - 2), rank - 1, rank - 2]
+    return bound.args[0] if axes is not None and [int(a) for a in axes] == swapped else None
+
+
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr, str]:
     a, b = call.args
     a_shape, b_shape = static_shape(a), static_shape(b)
@@ -57,19 +72,33 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
         batches, rows = math.prod(batch), m
         a = _broadcast(builder, a, [*batch, m, k])
         b = _broadcast(builder, b, [*batch, k, n])
-    flat_rows = builder.emit(relax.op.reshape(a, [batches * rows, k]))
+    flat_rows = _reshaped(builder, a, [batches * rows, k])
     packed = builder.emit(pack_rows(flat_rows, batches, row_tile(rows)), name_hint="packed_rows")
-    data = builder.emit(relax.op.reshape(b, [batches, k, n]))
+    # A transposed right operand is read through a stage of the GEMM's kernel, which the schedule
+    # inlines into its copy of each input panel, instead of a transpose kernel of its own.
+    source = _transposed_source(builder, b)
+    if source is not None:
+        columns = _reshaped(builder, source, [batches, n, k])
+
+        def data_stage(x):
+            return te.compute((batches, k, n), lambda g, c, t: x[g, t, c], name="matmul_transposed")
+    else:
+        columns = _reshaped(builder, b, [batches, k, n])
+
+        def data_stage(x):
+            return x
+
     product = builder.call_te(
-        lambda x, w: packed_gemm(x, w, kernel=1, stride=1, dilation=1, out_len=n, weight_per_batch=True),
-        data,
+        lambda x, w: packed_gemm(data_stage(x), w, kernel=1, stride=1, dilation=1, out_len=n, weight_per_batch=True),
+        columns,
         packed,
         primfunc_name_hint="matmul_gemm",
     )
     # A reshape after the GEMM would keep FuseOps from fusing the bias and activation into it.
     if out_shape != [batches, rows, n]:
         product = relax.op.reshape(builder.emit(product), out_shape)
-    return product, f"{a_shape}x{b_shape}"
+    transposed = "ᵀ" if source is not None else ""
+    return product, f"{a_shape}x{b_shape}{transposed}"
 
 
 @tvm.transform.module_pass(opt_level=0, name="MatmulToGemm")

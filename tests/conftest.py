@@ -184,7 +184,7 @@ def matmul_model(a_shape, b_shape, b_kind, seed=0):
 
 
 # Row-wise reductions followed by elementwise stages, each with its float64 numpy reference:
-# (ONNX node, its extra initializers, reference of x and those initializers).
+# (ONNX node, the sizes of its extra initializers for an input shape, reference of x and those).
 def _softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -196,15 +196,15 @@ def _normalized(x, axes, scale, bias, eps=1e-5):
 
 
 NORMALIZATION_CASES = {
-    "softmax": ({"op_type": "Softmax", "axis": -1}, [], _softmax),
+    "softmax": ({"op_type": "Softmax", "axis": -1}, lambda shape: [], _softmax),
     "layer_norm": (
         {"op_type": "LayerNormalization", "axis": -1, "epsilon": 1e-5},
-        [40, 40],
+        lambda shape: [shape[-1]] * 2,
         lambda x, s, b: _normalized(x, -1, s, b),
     ),
     "instance_norm": (
         {"op_type": "InstanceNormalization", "epsilon": 1e-5},
-        [6, 6],
+        lambda shape: [shape[1]] * 2,
         lambda x, s, b: _normalized(x, -1, s[:, None], b[:, None]),
     ),
 }
@@ -214,7 +214,7 @@ def normalization_model(name, x_shape=(2, 6, 40), seed=0):
     """The ONNX model of one NORMALIZATION_CASES case and a float64 numpy function of its input."""
     node, sizes, reference_of = NORMALIZATION_CASES[name]
     rng = np.random.default_rng(seed)
-    extras = [rng.standard_normal(size).astype(np.float32) for size in sizes]
+    extras = [rng.standard_normal(size).astype(np.float32) for size in sizes(x_shape)]
     names = [f"p{i}" for i in range(len(extras))]
     graph = helper.make_graph(
         [helper.make_node(inputs=["x", *names], outputs=["y"], **node)], name,

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir import dlight
 from tvm.s_tir.schedule import ScheduleError
 from tvm.target import codegen
 
@@ -93,6 +92,9 @@ MIN_PANELS_PER_CORE = 4
 MIN_BALANCE = 0.9
 # How many products one partial sum of a GEMM adds up (see _partial_sums).
 PARTIAL_SUM_TERMS = 256
+# A row reduction sums in one partial sum per vector lane where the row holds at least this many
+# vectors.
+MIN_PARTIAL_SUM_STEPS = 4
 
 
 def _parallel_rows(sch: s_tir.Schedule, block) -> list:
@@ -548,30 +550,100 @@ def _is_elementwise(sch: s_tir.Schedule) -> bool:
     )
 
 
-def _schedule_normalization(func: tirx.PrimFunc, target: tvm.target.Target) -> tirx.PrimFunc | None:
-    """Softmax and the normalizations (mean, variance, then elementwise, per row): dlight's CPU
-    reduction rule, which runs the rows in parallel and the elementwise stages vectorized. Left to
-    TVM's lowering they ran on one thread, unvectorized. None where the rule does not apply; the
-    kernel then stays as TVM wrote it."""
-    try:
-        with target:
-            sch = dlight.cpu.Reduction().apply(func, target, False)
-    except ScheduleError:
+def _wide_kinds(sch: s_tir.Schedule, block) -> list:
+    """The iterator types of a block, those of one step left out."""
+    return [iv.iter_type for iv in sch.get(block).iter_vars if not (isinstance(iv.dom.extent, tirx.IntImm) and iv.dom.extent.value == 1)]
+
+
+def _leading_spatial(sch: s_tir.Schedule, block) -> int:
+    kinds = _wide_kinds(sch, block)
+    return next((i for i, kind in enumerate(kinds) if kind != tirx.IterVar.DataPar), len(kinds))
+
+
+def _lane_partial_sums(sch: s_tir.Schedule, block, lanes: int) -> str | None:
+    """Where a block reduces over its innermost loops, in whole vectors: their fused loop split
+    into steps of `lanes` and `lanes` partial results, one per lane (rfactor), which a last step of
+    the block adds up. Returns the name of the block of partial results."""
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    reduced = kinds.count(tirx.IterVar.CommReduce)
+    if not reduced or any(kind != tirx.IterVar.CommReduce for kind in kinds[-reduced:]):
         return None
-    return None if sch is None else sch.mod["main"]
+    trailing = sch.get_loops(block)[-reduced:]
+    inner = sch.fuse(*trailing) if reduced > 1 else trailing[0]
+    if _extent(sch, inner) % lanes or _extent(sch, inner) < MIN_PARTIAL_SUM_STEPS * lanes:
+        return None
+    return sch.get(sch.rfactor(sch.split(inner, factors=[None, lanes])[1], 0)).name_hint
 
 
-def _schedule(func: tirx.PrimFunc, target: tvm.target.Target, unit: VectorUnit, cores: int) -> tirx.PrimFunc | None:
+def _lane_and_steps(sch: s_tir.Schedule, partial) -> tuple:
+    """The loops of a block of partial sums over its lanes (its first iterator: see rfactor's
+    factor axis) and over the steps of each lane's sum (its reduction)."""
+    loops = sch.get_loops(partial)
+    lane_var, *_, steps_var = sch.get(loops[-1]).body.iter_values
+
+    def loop_of(var):
+        found = [loop for loop in loops if sch.get(loop).loop_var.same_as(var)]
+        if not found:
+            raise ScheduleError(f"no loop binds {var} alone")
+        return found[0]
+
+    return loop_of(lane_var), loop_of(steps_var)
+
+
+def _schedule_normalization(sch: s_tir.Schedule, unit: VectorUnit) -> None:
+    """Softmax and the normalizations: reductions per row (max, sum, mean, variance), then
+    elementwise stages. Rows in parallel, every stage computed inside the row's iteration; the
+    elementwise stages that feed one consumer are inlined, the others and the output vectorized.
+    Each reduction over a row's innermost positions sums in `unit.lanes` partial sums, one per
+    lane, whose loop LLVM turns into vector adds: InstanceNorm's mean and variance of 128 channels
+    of 64 x 64 took 0.49 ms summed one by one, 0.04 so (CycleGAN's norm kernels 22 -> 3.3 ms per
+    call). The partial sums are more accurate too (CycleGAN against onnxruntime: max abs difference
+    1.3e-5 -> 3.3e-6). Left to TVM's lowering, all of it ran on one thread, unvectorized."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    lead = min(_leading_spatial(sch, block) for block in blocks)
+    if not lead:
+        raise ScheduleError("no row loop that every stage shares")
+    for block in blocks[:-1]:
+        if tirx.IterVar.CommReduce not in [iv.iter_type for iv in sch.get(block).iter_vars] and len(sch.get_consumers(block)) == 1:
+            sch.compute_inline(block)
+    partial = [
+        name
+        for block in sch.get_child_blocks(sch.get_sblock("root"))
+        if (name := _lane_partial_sums(sch, block, unit.lanes)) is not None
+    ]
+    *stages, output = sch.get_child_blocks(sch.get_sblock("root"))
+    loops = sch.get_loops(output)
+    wide = [i for i, loop in enumerate(loops) if _extent(sch, loop) > 1]
+    outer = loops[: wide[lead - 1] + 1] if lead <= len(wide) else loops
+    rows = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(rows)
+    if len(loops) > len(outer):
+        _vectorize_loop(sch, sch.get_loops(output)[-1], unit.lanes)
+    for stage in reversed(stages):
+        sch.compute_at(stage, rows, preserve_unit_loops=True)
+    for stage in stages:
+        if sch.get(stage).name_hint in partial:
+            lane, steps = _lane_and_steps(sch, stage)
+            sch.reorder(steps, lane)
+            sch.decompose_reduction(stage, steps)
+            # TVM refuses to vectorize a loop inside its block's reduction; unrolled, LLVM does.
+            sch.unroll(lane)
+        elif tirx.IterVar.CommReduce not in [iv.iter_type for iv in sch.get(stage).iter_vars]:
+            _vectorize_loop(sch, sch.get_loops(stage)[-1], unit.lanes)
+
+
+def _schedule(func: tirx.PrimFunc, unit: VectorUnit, cores: int) -> tirx.PrimFunc | None:
     """`func` with our schedule for `unit` and `cores` threads, or None where we have none for it."""
     sch = s_tir.Schedule(func)
     name = first_block_named(sch, _SCHEDULES)
     if name is not None:
         _SCHEDULES[name](sch, unit, cores)
         return sch.mod["main"]
-    if not _is_elementwise(sch):
-        return _schedule_normalization(func, target)
     try:
-        _schedule_elementwise(sch, unit)
+        if _is_elementwise(sch):
+            _schedule_elementwise(sch, unit)
+        else:
+            _schedule_normalization(sch, unit)
     except ScheduleError:
         return None
     return sch.mod["main"]
@@ -585,7 +657,6 @@ class DefaultCPUSchedule:
     Others (if any) are left to TVM's default lowering."""
 
     def __init__(self, target: tvm.target.Target) -> None:
-        self.target = target
         self.unit = VectorUnit.of(target)
         self.cores = int(target.attrs["num-cores"])
 
@@ -594,7 +665,7 @@ class DefaultCPUSchedule:
         for gv, func in mod.functions.items():
             if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
-            scheduled = _schedule(func, self.target, self.unit, self.cores)
+            scheduled = _schedule(func, self.unit, self.cores)
             if scheduled is not None:
                 updated[gv] = scheduled.with_attr("tirx.is_scheduled", True)
         for gv, func in updated.items():

@@ -209,3 +209,28 @@ def test_a_padding_kernel_computes_its_fused_chain_a_row_at_a_time_vectorized(tm
     path = tmp_path / "conv_silu_conv.onnx"
     path.write_bytes(model.SerializeToString())
     assert build(onnx_file_build_options(path, tmp_path / "out", empty_schedules)).passed
+
+
+def test_a_kernel_with_several_outputs_runs_each_in_parallel(tmp_path, empty_schedules):
+    """An Add and a Split into three (attention's q, k, v): one kernel with three outputs, which
+    had kept TVM's single-threaded loops."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "bias"], ["biased"]),
+            helper.make_node("Split", ["biased"], ["q", "k", "v"], axis=1, num_outputs=3),
+        ],
+        "split",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 48, 64])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 16, 64]) for name in "qkv"],
+        [numpy_helper.from_array(np.random.default_rng(0).standard_normal((1, 48, 1)).astype(np.float32), "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
+    target = resolve_target("cpu")
+    lowered = lower(import_onnx(model).mod, target)
+    with target.tvm_target():
+        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    ((name, kernel),) = [(gv.name_hint, f) for gv, f in scheduled.functions.items() if "split" in gv.name_hint]
+    assert [loop.kind for loop in tir_loops(kernel)].count(tvm.tirx.ForKind.PARALLEL) == 3, name
+    path = tmp_path / "split.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert build(onnx_file_build_options(path, tmp_path / "out", empty_schedules)).passed

@@ -10,6 +10,10 @@ from pipeline import reference
 from pipeline.build import BuildOptions, build
 from pipeline.conformance import ConformanceCase
 from pipeline.graphs import IR_VERSION, OPSET, GraphSelection, list_graphs, load_config
+from pipeline.importer import import_onnx
+from pipeline.lowering import lower
+from pipeline.passes.default_cpu_schedule import DefaultCPUSchedule
+from pipeline.target import resolve_target
 
 import tvm  # noqa: I001
 import tvm_ffi
@@ -22,6 +26,14 @@ def tir_loops(func: tvm.tirx.PrimFunc) -> list[tvm.tirx.For]:
     loops = []
     tvm_ffi.structural_walk(func.body, [(tvm.tirx.For, loops.append)], order="pre")
     return loops
+
+
+def cpu_scheduled(model, target="cpu") -> tvm.IRModule:
+    """An ONNX model's kernels, lowered and given our CPU schedules for `target`, as the build does."""
+    spec = resolve_target(target)
+    lowered = lower(import_onnx(model).mod, spec)
+    with spec.tvm_target():
+        return DefaultCPUSchedule(spec.tvm_target())(lowered.main)
 
 
 def unrolled_extents(module: tvm.IRModule, kernel: str) -> list[int]:
@@ -156,7 +168,10 @@ def matmul_model(a_shape, b_shape, b_kind, seed=0):
         weight = rng.standard_normal(b_shape).astype(np.float32)
         bias = rng.standard_normal(b_shape[-1]).astype(np.float32)
         initializers = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "bias")]
-        nodes = [helper.make_node("MatMul", ["a", "w"], ["product"]), helper.make_node("Add", ["product", "bias"], ["y"])]
+        nodes = [
+            helper.make_node("MatMul", ["a", "w"], ["product"]),
+            helper.make_node("Add", ["product", "bias"], ["y"]),
+        ]
         shapes = [a_shape]
 
         def expected(a):
@@ -166,7 +181,10 @@ def matmul_model(a_shape, b_shape, b_kind, seed=0):
         inputs.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, list(stored)))
         if b_kind == "transposed":
             perm = [*range(len(b_shape) - 2), len(b_shape) - 1, len(b_shape) - 2]
-            nodes = [helper.make_node("Transpose", ["b"], ["bt"], perm=perm), helper.make_node("MatMul", ["a", "bt"], ["y"])]
+            nodes = [
+                helper.make_node("Transpose", ["b"], ["bt"], perm=perm),
+                helper.make_node("MatMul", ["a", "bt"], ["y"]),
+            ]
         else:
             nodes = [helper.make_node("MatMul", ["a", "b"], ["y"])]
         shapes = [a_shape, stored]
@@ -185,7 +203,7 @@ def matmul_model(a_shape, b_shape, b_kind, seed=0):
 
 # Row-wise reductions followed by elementwise stages, each with its float64 numpy reference:
 # (ONNX node, the sizes of its extra initializers for an input shape, reference of x and those).
-def _softmax(x):
+def softmax_reference(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
@@ -196,7 +214,7 @@ def _normalized(x, axes, scale, bias, eps=1e-5):
 
 
 NORMALIZATION_CASES = {
-    "softmax": ({"op_type": "Softmax", "axis": -1}, lambda shape: [], _softmax),
+    "softmax": ({"op_type": "Softmax", "axis": -1}, lambda shape: [], softmax_reference),
     "layer_norm": (
         {"op_type": "LayerNormalization", "axis": -1, "epsilon": 1e-5},
         lambda shape: [shape[-1]] * 2,

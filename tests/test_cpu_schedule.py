@@ -9,13 +9,10 @@ from onnx import TensorProto, helper, numpy_helper
 from pipeline.build import build
 from pipeline.conformance import case_model
 from pipeline.graphs import IR_VERSION, OPSET, make_graph
-from pipeline.importer import import_onnx
-from pipeline.lowering import lower
 from pipeline.passes import default_cpu_schedule
 from pipeline.passes.default_cpu_schedule import (
     MIN_PANELS_PER_CORE,
     PANEL_BUDGET_BYTES,
-    DefaultCPUSchedule,
     VectorUnit,
     _balanced,
     _subpanels,
@@ -28,6 +25,7 @@ from pipeline.target import resolve_target
 from .conftest import (
     KERNEL_EQUALS_STRIDE,
     convt_bn_relu_model,
+    cpu_scheduled,
     onnx_file_build_options,
     tiny_build_options,
     tir_loops,
@@ -113,10 +111,8 @@ def _parallel_extents(func: tvm.tirx.PrimFunc) -> list[int]:
 def test_every_gemm_keeps_sixteen_cores_busy():
     """SAO block1 on a chunk of 32 frames: its Conv1d k7 GEMMs have 8 input panels, which alone
     kept 8 of 16 cores busy; with the row blocks in the parallel loop every core has work."""
-    target = resolve_target({"kind": "llvm", "mcpu": "znver4", "num-cores": 16})
-    lowered = lower(import_onnx(make_graph("block1", latent_frames=32).model).mod, target)
-    with target.tvm_target():
-        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    sixteen_cores = {"kind": "llvm", "mcpu": "znver4", "num-cores": 16}
+    scheduled = cpu_scheduled(make_graph("block1", latent_frames=32).model, sixteen_cores)
     gemms = {gv.name_hint: f for gv, f in scheduled.functions.items() if "gemm" in gv.name_hint}
     assert len(gemms) == 5  # the ConvTranspose, the k7 of each dilation, the k1 all three units share
     for name, func in gemms.items():
@@ -144,10 +140,7 @@ def test_a_col2im_of_one_tap_unrolls_no_output_loop():
     """Its tap loops have one step each and vanish where the gather is computed per output: the
     schedule unrolled the output's rows and columns in their place (4096 copies of the body for a
     64 x 64 output, 34 s in LLVM)."""
-    target = resolve_target("cpu")
-    lowered = lower(import_onnx(case_model(KERNEL_EQUALS_STRIDE)).mod, target)
-    with target.tvm_target():
-        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    scheduled = cpu_scheduled(case_model(KERNEL_EQUALS_STRIDE))
     assert unrolled_extents(scheduled, "col2im") == []
 
 
@@ -156,10 +149,7 @@ def test_a_col2im_runs_its_whole_fused_chain_in_parallel(tmp_path, empty_schedul
     elementwise ops after it in one kernel. Every stage is computed inside the col2im's parallel
     loop; left as loop nests of their own they ran serially (8.3 ms of such a kernel, 1.9 inlined)."""
     model = convt_bn_relu_model()
-    target = resolve_target("cpu")
-    lowered = lower(import_onnx(model).mod, target)
-    with target.tvm_target():
-        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    scheduled = cpu_scheduled(model)
     (name, kernel), = [(gv.name_hint, f) for gv, f in scheduled.functions.items() if "col2im" in gv.name_hint]
     assert "divide" in name and "relu" in name
     outermost = [loop for loop in tir_loops(kernel) if loop.kind == tvm.tirx.ForKind.PARALLEL]
@@ -195,12 +185,11 @@ def test_a_padding_kernel_computes_its_fused_chain_a_row_at_a_time_vectorized(tm
     """Inlined into the padding, the chain (here a SiLU) ran scalar over rows of 130 for 128 columns:
     2.2 ms of a GroupNorm + SiLU padding kernel (64 channels of 128 x 128), 0.2 ms a row at a time."""
     model = _conv_silu_conv_model()
-    target = resolve_target("cpu")
-    lowered = lower(import_onnx(model).mod, target)
-    with target.tvm_target():
-        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    scheduled = cpu_scheduled(model)
     ((name, kernel),) = [
-        (gv.name_hint, f) for gv, f in scheduled.functions.items() if "sigmoid" in gv.name_hint and "row_phases" in gv.name_hint
+        (gv.name_hint, f)
+        for gv, f in scheduled.functions.items()
+        if "sigmoid" in gv.name_hint and "row_phases" in gv.name_hint
     ]
     outermost = [loop for loop in tir_loops(kernel) if loop.kind == tvm.tirx.ForKind.PARALLEL]
     assert len(outermost) == 1
@@ -225,10 +214,7 @@ def test_a_kernel_with_several_outputs_runs_each_in_parallel(tmp_path, empty_sch
         [numpy_helper.from_array(np.random.default_rng(0).standard_normal((1, 48, 1)).astype(np.float32), "bias")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=IR_VERSION)
-    target = resolve_target("cpu")
-    lowered = lower(import_onnx(model).mod, target)
-    with target.tvm_target():
-        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    scheduled = cpu_scheduled(model)
     ((name, kernel),) = [(gv.name_hint, f) for gv, f in scheduled.functions.items() if "split" in gv.name_hint]
     assert [loop.kind for loop in tir_loops(kernel)].count(tvm.tirx.ForKind.PARALLEL) == 3, name
     path = tmp_path / "split.onnx"

@@ -15,17 +15,15 @@ from tvm import relax
 
 from pipeline import reference
 from pipeline.build import build
-from pipeline.importer import import_onnx
-from pipeline.lowering import lower
-from pipeline.passes.default_cpu_schedule import STENCIL_ROWS, DefaultCPUSchedule
+from pipeline.passes.default_cpu_schedule import STENCIL_ROWS
 from pipeline.passes.depthwise_conv import DepthwiseConv
 from pipeline.runtime import load
-from pipeline.target import resolve_target
 
 from .conftest import (
     DEPTHWISE_CONV_CASES,
     batchnorm_relu_model,
     conv_model,
+    cpu_scheduled,
     onnx_file_build_options,
     tir_loops,
     unrolled_extents,
@@ -46,10 +44,7 @@ def _build_and_compare(tmp_path, schedules, model, expected_of) -> None:
 
 
 def _scheduled_kernels(model) -> dict:
-    target = resolve_target("cpu")
-    lowered = lower(import_onnx(model).mod, target)
-    with target.tvm_target():
-        scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
+    scheduled = cpu_scheduled(model)
     return {gv.name_hint: f for gv, f in scheduled.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
@@ -131,9 +126,5 @@ def test_a_tall_stencil_accumulates_two_output_rows_per_run():
     their input loads; a 3 x 3 stencil keeps one row and unrolls only its columns."""
     for name, tall in (("2d_7x7", True), ("2d_3x3", False)):
         x_shape, cout, kernel, attrs = DEPTHWISE_CONV_CASES[name]
-        target = resolve_target("cpu")
-        lowered = lower(import_onnx(conv_model(x_shape, cout, kernel, attrs)[0]).mod, target)
-        with target.tvm_target():
-            scheduled = DefaultCPUSchedule(target.tvm_target())(lowered.main)
-        unrolled = unrolled_extents(scheduled, "conv_depthwise")
+        unrolled = unrolled_extents(cpu_scheduled(conv_model(x_shape, cout, kernel, attrs)[0]), "conv_depthwise")
         assert (unrolled.count(kernel[0]) >= 2 and STENCIL_ROWS in unrolled) == tall, (name, unrolled)

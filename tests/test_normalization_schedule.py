@@ -15,7 +15,14 @@ from pipeline.passes.default_cpu_schedule import DefaultCPUSchedule, VectorUnit
 from pipeline.runtime import load
 from pipeline.target import resolve_target
 
-from .conftest import NORMALIZATION_CASES, normalization_model, onnx_file_build_options, tir_loops, unrolled_extents
+from .conftest import (
+    NORMALIZATION_CASES,
+    cpu_scheduled,
+    normalization_model,
+    onnx_file_build_options,
+    tir_loops,
+    unrolled_extents,
+)
 
 
 # Rows of 40 (no whole vectors: summed one by one) and of 128 (partial sums per lane).
@@ -25,14 +32,12 @@ def test_normalizations_run_their_rows_in_parallel_and_equal_onnxruntime_and_num
     name, x_shape, tmp_path, empty_schedules
 ):
     model, expected = normalization_model(name, x_shape)
-    target = resolve_target("cpu")
-    with target.tvm_target():
-        scheduled = DefaultCPUSchedule(target.tvm_target())(lower(import_onnx(model).mod, target).main)
+    scheduled = cpu_scheduled(model)
     kernels = [func for func in scheduled.functions.values() if isinstance(func, tvm.tirx.PrimFunc)]
     assert kernels
     for kernel in kernels:
         assert any(loop.kind == tvm.tirx.ForKind.PARALLEL for loop in tir_loops(kernel)), kernel
-    lanes = VectorUnit.of(target.tvm_target()).lanes
+    lanes = VectorUnit.of(resolve_target("cpu").tvm_target()).lanes
     whole_vectors = x_shape[-1] % lanes == 0
     assert (lanes in unrolled_extents(scheduled, "")) == whole_vectors
     path = tmp_path / "norm.onnx"

@@ -548,11 +548,6 @@ def _schedule_elementwise(sch: s_tir.Schedule, unit: VectorUnit) -> None:
         sch.parallel(flat)
 
 
-def _is_elementwise(sch: s_tir.Schedule) -> bool:
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    return bool(blocks) and all(
-        iv.iter_type == tirx.IterVar.DataPar for block in blocks for iv in sch.get(block).iter_vars
-    )
 
 
 def _iter_types(sch: s_tir.Schedule, block, wide_only: bool = False) -> list:
@@ -562,6 +557,11 @@ def _iter_types(sch: s_tir.Schedule, block, wide_only: bool = False) -> list:
         for iv in sch.get(block).iter_vars
         if not (wide_only and isinstance(iv.dom.extent, tirx.IntImm) and iv.dom.extent.value == 1)
     ]
+
+
+def _is_elementwise(sch: s_tir.Schedule) -> bool:
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    return bool(blocks) and all(kind == tirx.IterVar.DataPar for block in blocks for kind in _iter_types(sch, block))
 
 
 def _reduces(sch: s_tir.Schedule, block) -> bool:

@@ -19,6 +19,7 @@ from .passes.convtranspose_gemm import ConvTransposeToGemm
 from .passes.depthwise_conv import DepthwiseConv
 from .passes.fast_math import FastMath
 from .passes.matmul_gemm import MatmulToGemm
+from .passes.output_reshape_views import OutputReshapeViews
 from .passes.polynomial_sine import PolynomialSine
 from .target import TargetSpec
 
@@ -56,6 +57,7 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
             [relax.transform.FuseOps(), relax.transform.FuseTIR()],
             name="fuse",
         ),
+        tvm.transform.Sequential([OutputReshapeViews()], name="output-views"),
     ]
 
 

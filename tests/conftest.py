@@ -156,6 +156,7 @@ MATMUL_CASES = {
     "broadcast_b_ones": ((3, 16, 8), (1, 8, 24), "input"),
     "broadcast_both": ((2, 1, 16, 8), (1, 3, 8, 24), "input"),
     "attention_scores": ((2, 32, 16), (2, 16, 32), "transposed"),
+    "attention_values": ((1, 24, 136), (1, 136, 40), "transposed"),
 }
 
 

@@ -20,7 +20,7 @@ from pipeline.passes.matmul_gemm import MatmulToGemm
 from pipeline.runtime import load
 from pipeline.target import resolve_target
 
-from .conftest import MATMUL_CASES, matmul_model, onnx_file_build_options
+from .conftest import MATMUL_CASES, cpu_scheduled, matmul_model, onnx_file_build_options
 
 
 def _kernels(model) -> list[str]:
@@ -90,3 +90,18 @@ def test_a_transposed_right_operand_is_read_through_the_gemms_panel_copy():
     kernels = _kernels(matmul_model(*MATMUL_CASES["attention_scores"])[0])
     others = [kernel for kernel in kernels if kernel != "main" and "matmul_gemm" not in kernel]
     assert len(others) == 1, kernels  # the packing of the left operand
+
+
+def test_a_transposed_operands_panel_is_copied_along_its_rows():
+    """The copy's innermost loop walks the source's contiguous axis (channels): walking positions
+    read rows a power of two apart, which collide in L1 (attention's v·aᵀ: 3.86 -> 2.55 ms)."""
+    scheduled = cpu_scheduled(matmul_model(*MATMUL_CASES["attention_values"])[0])
+    kernel = next(func for gv, func in scheduled.functions.items() if "matmul_gemm" in gv.name_hint)
+    sch = tvm.s_tir.Schedule(kernel)
+    innermost = sch.get(sch.get_loops(sch.get_sblock("matmul_transposed_global"))[-1])
+    realize = innermost.body
+    source_column = realize.block.reads[0].region[-1].min
+    bound = dict(zip((iv.var for iv in realize.block.iter_vars), realize.iter_values))
+    column_loops = tvm.tirx.analysis.undefined_vars(bound[source_column])
+    assert innermost.loop_var in column_loops, realize
+    assert innermost.kind == tvm.tirx.ForKind.VECTORIZED, innermost

@@ -32,6 +32,7 @@ from tvm.target import codegen
 from .conv_gemm import CONV_STRIDE_ANNOTATION, INPUT_ROW_ANNOTATION
 from .depthwise_conv import ROW_STRIDE_ANNOTATION
 from .kernel_blocks import first_block_named, inline_chain_after, reduction_rank
+from .matmul_gemm import TRANSPOSED_OPERAND_STAGE
 
 COLUMN_VECTORS = 2
 
@@ -90,6 +91,8 @@ PANEL_BUDGET_BYTES = 512 << 10
 MIN_PANELS_PER_CORE = 4
 # The share of the cores' time the parallel loop of a GEMM must keep busy (see _tiles_per_block).
 MIN_BALANCE = 0.9
+# A transposed operand's panel is copied in blocks of this many channels (see _copy_transposed).
+TRANSPOSED_COPY_CHANNELS = 64
 # How many products one partial sum of a GEMM adds up (see _partial_sums).
 PARTIAL_SUM_TERMS = 256
 # A row reduction sums in one partial sum per vector lane where the row holds at least this many
@@ -284,11 +287,14 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         # Unit loops vanish under compute_at: a tile of one position has no column loop.
         partial_row, partial_column = (spatial.pop(0) if _extent(sch, loop) > 1 else None for loop in (row, column))
     stride = _row_stride(sch, padding)
+    transposed = any(sch.get(stage).name_hint == TRANSPOSED_OPERAND_STAGE for stage in padding)
     panel = sch.cache_read(gemm, 0, "global") if stride != 1 else None
     for stage in padding:
         sch.compute_inline(stage)
     if panel is not None:
         _place_panel(sch, panel, block, rows_outside, subpanels, columns, stride)
+        if transposed:
+            _copy_transposed(sch, panel)
     tile_loop = row_parts[0] if row_parts else inner
     copies = [] if panel is None else [panel]
     if not chunked:
@@ -339,6 +345,22 @@ def _place_panel(
         panel_index, column_index = sch.split(positions_loop, factors=[None, columns])
         sch.reorder(n, panel_index, c, column_index)
         sch.parallel(sch.fuse(n, panel_index))
+
+
+def _copy_transposed(sch: s_tir.Schedule, panel) -> None:
+    """A panel of a transposed operand (`q @ k.transpose(-1, -2)`, read through its TE stage) is
+    copied position by position along a block of channels, contiguous in the source, instead of
+    channel by channel across positions: those are rows of the source, a power of two apart, which
+    collide in the same L1 sets, so every element read missed L1. The copy's writes of a block stay
+    in cache. 256 x 1024 times (1024 x 1024)ᵀ, kernel times side by side: 3.86 ms copied across
+    positions, 2.70 along all channels, 2.55 in blocks of 32, 64 or 128, 2.82 in blocks of 16
+    (untransposed: 2.45)."""
+    *_, channels, positions = sch.get_loops(panel)
+    if _extent(sch, channels) > TRANSPOSED_COPY_CHANNELS:
+        channel_blocks, channels = sch.split(channels, factors=[None, TRANSPOSED_COPY_CHANNELS])
+        sch.reorder(channel_blocks, positions, channels)
+    else:
+        sch.reorder(positions, channels)
 
 
 def _row_stride(sch: s_tir.Schedule, stages: list) -> int | None:

@@ -29,6 +29,10 @@ from .relax_rewrite import rewrite_calls, static_shape, unsupported_operands
 
 log = logging.getLogger(__name__)
 
+# The name of the stage through which the GEMM reads a transposed right operand, which the CPU
+# schedule copies in its own loop order.
+TRANSPOSED_OPERAND_STAGE = "matmul_transposed"
+
 
 def _selects(call: relax.Call) -> bool:
     return call.op.name == "relax.matmul"
@@ -81,7 +85,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
         columns = _reshaped(builder, source, [batches, n, k])
 
         def data_stage(x):
-            return te.compute((batches, k, n), lambda g, c, t: x[g, t, c], name="matmul_transposed")
+            return te.compute((batches, k, n), lambda g, c, t: x[g, t, c], name=TRANSPOSED_OPERAND_STAGE)
     else:
         columns = _reshaped(builder, b, [batches, k, n])
 

@@ -104,6 +104,19 @@ def test_row_blocks_split_where_the_panels_leave_cores_idle():
                 assert tiles == 1 or _balanced(-(-row_tiles // tiles) * panels, cores)
 
 
+def test_row_blocks_are_equal_and_no_larger_than_the_rows():
+    """A block of more tiles than there are (36 for 16: a 128-channel k7 Conv1d) ran 20 idle,
+    predicated iterations per panel; 40 tiles in blocks of 36 left a block of 4."""
+    assert _tiles_per_block(16, panels=2048, most=36, cores=2) == 16
+    assert _tiles_per_block(40, panels=8, most=36, cores=2) == 20
+    for row_tiles in range(1, 80):
+        for most in (16, 32, 36):
+            tiles = _tiles_per_block(row_tiles, 64, most, 2)
+            blocks = -(-row_tiles // tiles)
+            assert tiles <= min(row_tiles, most)
+            assert blocks * tiles - row_tiles < blocks, (row_tiles, most, tiles)
+
+
 def _parallel_extents(func: tvm.tirx.PrimFunc) -> list[int]:
     return [int(loop.extent) for loop in tir_loops(func) if loop.kind == tvm.tirx.ForKind.PARALLEL]
 

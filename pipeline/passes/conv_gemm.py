@@ -113,8 +113,8 @@ def _conv1d_gemm(x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dila
 
 def _grid(rows: int, min_width: int) -> tuple[int, int]:
     """(rows, row width), at least the given ones, whose product is a multiple of POSITION_MULTIPLE,
-    the fewest positions first. The GEMM's output is then exactly these rows, which a reshape
-    splits and one slice crops: a slice of the flat output fused into the GEMM kernel, which
+    the fewest positions first. The GEMM's output is then exactly these rows, which the crop
+    (_crop) reads at a row stride: a slice of the flat output fused into the GEMM kernel, which
     dlight's GPU matmul rule cannot schedule."""
     candidates = (
         (r * w, r, w)
@@ -241,11 +241,21 @@ def _conv2d_gemm(phases: te.Tensor, packed: te.Tensor, layout: _RowLayout) -> te
 
 
 def _crop(builder: relax.BlockBuilder, flat: relax.Expr, batch: int, channels: int, layout: _RowLayout) -> relax.Expr:
-    """(N, Cout, positions) -> (N, Cout, H, W): the rows apart, without the extra rows and positions."""
-    rows = builder.emit(relax.op.reshape(flat, [batch, channels, *layout.grid]))
+    """(N, Cout, positions) -> (N, Cout, H, W): the rows apart, without the extra rows and positions.
+    A compute of its own, not a reshape and a strided slice, whose generic index arithmetic (a
+    division and a modulo by the flat length per element) kept the padding kernel that FuseOps fuses
+    the crop into from vectorizing: 1.45 -> 0.34 ms for 32 channels of 256 x 256 (a UNet's last
+    stage)."""
     if layout.grid == layout.out_size:
-        return rows
-    return relax.op.strided_slice(rows, axes=[2, 3], begin=[0, 0], end=list(layout.out_size))
+        return relax.op.reshape(flat, [batch, channels, *layout.grid])
+    width = layout.grid[1]
+    return builder.call_te(
+        lambda x: te.compute(
+            (batch, channels, *layout.out_size), lambda n, c, h, w: x[n, c, h * width + w], name="conv_crop"
+        ),
+        flat,
+        primfunc_name_hint="conv_crop",
+    )
 
 
 def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr, str]:

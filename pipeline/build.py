@@ -135,13 +135,21 @@ def _unique(names: list[str]) -> list[str]:
     return unique
 
 
+def compile_failure(message: str) -> str:
+    """The line of a compiler's failure that says what went wrong: TVM's last line, or the last
+    error line of nvcc's output, which ends in ptxas's statistics ("ptxas info : Compile time")."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    return errors[-1] if errors else lines[-1] if lines else "no message"
+
+
 def _compile(mod: tvm.IRModule, target: TargetSpec) -> tvm.runtime.Executable:
     devices.compile_environment(target.kind)
     try:
         with target.tvm_target():
             return tvm.compile(mod, target.tvm_target())
     except Exception as exc:  # TVM raises its own error types from codegen
-        raise BuildError(f"TVM failed to compile for {target.key}: {str(exc).strip().splitlines()[-1]}") from exc
+        raise BuildError(f"TVM failed to compile for {target.key}: {compile_failure(str(exc))}") from exc
 
 
 def compile_module(

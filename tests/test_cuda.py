@@ -22,6 +22,7 @@ from pipeline.errors import (
 from pipeline.graphs import GraphSelection
 from pipeline.importer import import_onnx
 from pipeline.lowering import lower
+from pipeline.passes import default_gpu_schedule
 from pipeline.passes.default_gpu_schedule import (
     LARGE_TILE,
     MIN_BLOCKS,
@@ -261,10 +262,18 @@ def test_oobleck_graphs_build_for_cuda_and_their_gpu_schedules_are_right(graph, 
     )
 
 
-# Every Conv case of the CPU tests, named by kind: Conv2d, grouped, depthwise.
+# A Conv1d to one channel (HiFi-GAN's last), which dlight's matmul rule does not take: its GEMV
+# rule staged the whole padded input (here 64 KiB) in a block's shared memory (48 KiB).
+ONE_ROW_CONV_CASES = {"1d_to_one_channel": ((1, 16, 1024), 1, (7,), {"pads": [3, 3]})}
+# Every Conv case of the CPU tests, named by kind: Conv2d, grouped, depthwise; and the one above.
 CONV_CASES = {
     f"{kind}-{name}": case
-    for kind, cases in (("conv2d", CONV2D_CASES), ("grouped", GROUPED_CONV_CASES), ("depthwise", DEPTHWISE_CONV_CASES))
+    for kind, cases in (
+        ("conv2d", CONV2D_CASES),
+        ("grouped", GROUPED_CONV_CASES),
+        ("depthwise", DEPTHWISE_CONV_CASES),
+        ("one_row", ONE_ROW_CONV_CASES),
+    )
     for name, case in cases.items()
 }
 
@@ -273,8 +282,8 @@ CONV_CASES = {
 @pytest.mark.parametrize("name", sorted(CONV_CASES))
 def test_convolutions_build_for_cuda_and_their_gpu_schedules_are_right(name, empty_schedules):
     """Conv2d's GEMM (its padded-row input kernel, the GEMM through dlight's matmul rule, the crop);
-    the grouped GEMM, which dlight's matmul rule does not take (its fallback schedules it); the
-    depthwise stencil, a thread per output."""
+    the depthwise stencil, and the GEMMs dlight's matmul rule does not take (grouped, one row): a
+    thread per output."""
     x_shape, cout, kernel, attrs = CONV_CASES[name]
     _assert_cuda_build_computes_what_onnxruntime_does(conv_model(x_shape, cout, kernel, attrs)[0], empty_schedules)
 
@@ -341,6 +350,17 @@ def test_a_wrong_gpu_schedule_fails_the_build_on_a_machine_without_the_gpu(tmp_p
     assert not read_manifest(kept).host_emulation.passed and not (tmp_path / "convt5" / "cuda-sm_90").exists()
     with pytest.raises(UnverifiedArtifactError, match="a GPU schedule is wrong"):
         load(kept)
+
+
+@needs_nvcc
+def test_a_kernel_nvcc_refuses_fails_the_build_with_nvccs_reason(empty_schedules, monkeypatch):
+    """dlight's GEMV schedule of a Conv1d to one channel, as before our own took it: nvcc's output
+    ends in ptxas statistics, which the error had quoted instead of the error above them."""
+    monkeypatch.setattr(default_gpu_schedule, "_schedule_per_output", lambda *args, **kwargs: None)
+    model = conv_model(*ONE_ROW_CONV_CASES["1d_to_one_channel"])[0]
+    target = resolve_target("cuda")
+    with pytest.raises(BuildError, match="ptxas error.*uses too much shared data"):
+        compile_module(import_onnx(model).mod, target, ScheduleStore(target, empty_schedules))
 
 
 def test_emulating_a_cpu_build_on_the_host_is_refused(tmp_path, empty_schedules):

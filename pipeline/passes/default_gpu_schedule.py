@@ -11,6 +11,8 @@ here scheduled.
   grid still fills the GPU we give each thread 8 x 8 (a 128 x 128 block tile): four loads feed
   64 FMAs, half the shared-memory traffic per multiply-add (ptxas: 198 registers, no spills,
   12 KiB of shared memory for the Oobleck GEMMs). Not yet timed on a GPU.
+- A GEMM dlight's Matmul rule does not take (grouped; one output row or one position): a thread
+  per output, like col2im.
 - Elementwise and anything else: dlight's rules in order, then DefaultGPUSchedule.
 MetaSchedule records, where present, replace all of it: kernels marked `tirx.is_scheduled` are
 left alone.
@@ -71,19 +73,24 @@ class _SizedMatmul(dl.gpu.Matmul):
 
 
 def _schedule_gemm(func: tirx.PrimFunc, name: str, target: tvm.target.Target) -> s_tir.Schedule | None:
-    """dlight's Matmul with gemm_config's tile; None where dlight does not see a matmul in it."""
+    """dlight's Matmul with gemm_config's tile. Where dlight sees no matmul in it (a grouped GEMM;
+    one output row, as a Conv1d to one channel, HiFi-GAN's last; one position, as a ConvTranspose
+    on one latent frame), a thread per output: dlight's GEMV rule, next in line, staged a Conv1d's whole padded
+    input in shared memory (2 MiB for 16 channels of 32768 positions, where a block has 48 KiB),
+    which nvcc refused. None where the kernel is not one we know how to schedule that way."""
     sch = s_tir.Schedule(func)
     shape = tuple(int(d) for d in sch.get(sch.get_sblock(name)).writes[0].source.shape)
-    return _SizedMatmul(shape).apply(func, target, False)
+    scheduled = _SizedMatmul(shape).apply(func, target, False)
+    return scheduled if scheduled is not None else _schedule_per_output(func, name, unroll_sum=False)
 
 
-def _schedule_gather(func: tirx.PrimFunc, name: str) -> s_tir.Schedule:
-    """A sum over a few taps per output (col2im, the depthwise stencil): threads over the outputs
-    of the kernel's last stage in order, so a warp writes consecutive outputs; the sum computed
-    per output in a register, its taps unrolled. The stages before it (the stencil's padding: a
-    bounds test per read instead) and the elementwise chain after it are inlined: the chain's
-    later stages had been left outside every thread, where TVM compiles them into the host
-    function (a ConvTranspose2d + BatchNorm + ReLU's divide, multiply, add and max)."""
+def _schedule_per_output(func: tirx.PrimFunc, name: str, unroll_sum: bool = True) -> s_tir.Schedule:
+    """A sum per output (col2im and the depthwise stencil: a few taps, unrolled; a GEMM dlight does
+    not take): threads over the outputs of the kernel's last stage in order, so a warp writes
+    consecutive outputs; the sum computed per output in a register. The stages before it (the
+    stencil's padding: a bounds test per read instead) and the elementwise chain after it are
+    inlined: the chain's later stages had been left outside every thread, where TVM compiles them
+    into the host function (a ConvTranspose2d + BatchNorm + ReLU's divide, multiply, add and max)."""
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(block).name_hint for block in blocks]
@@ -107,7 +114,7 @@ def _schedule_gather(func: tirx.PrimFunc, name: str) -> s_tir.Schedule:
     taps = sch.get_loops(gather)[2:]
     if taps:
         sch.decompose_reduction(gather, taps[0])
-    for tap in taps:
+    for tap in taps if unroll_sum else []:
         sch.unroll(tap)
     return sch
 
@@ -115,8 +122,8 @@ def _schedule_gather(func: tirx.PrimFunc, name: str) -> s_tir.Schedule:
 _SCHEDULES = {
     "convt_gemm": lambda func, target: _schedule_gemm(func, "convt_gemm", target),
     "conv_gemm": lambda func, target: _schedule_gemm(func, "conv_gemm", target),
-    "convt_col2im": lambda func, _target: _schedule_gather(func, "convt_col2im"),
-    "conv_depthwise": lambda func, _target: _schedule_gather(func, "conv_depthwise"),
+    "convt_col2im": lambda func, _target: _schedule_per_output(func, "convt_col2im"),
+    "conv_depthwise": lambda func, _target: _schedule_per_output(func, "conv_depthwise"),
 }
 
 

@@ -135,7 +135,7 @@ def _unique(names: list[str]) -> list[str]:
     return unique
 
 
-def compile_failure(message: str) -> str:
+def _compile_failure(message: str) -> str:
     """The line of a compiler's failure that says what went wrong: TVM's last line, or the last
     error line of nvcc's output, which ends in ptxas's statistics ("ptxas info : Compile time")."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
@@ -149,7 +149,7 @@ def _compile(mod: tvm.IRModule, target: TargetSpec) -> tvm.runtime.Executable:
         with target.tvm_target():
             return tvm.compile(mod, target.tvm_target())
     except Exception as exc:  # TVM raises its own error types from codegen
-        raise BuildError(f"TVM failed to compile for {target.key}: {compile_failure(str(exc))}") from exc
+        raise BuildError(f"TVM failed to compile for {target.key}: {_compile_failure(str(exc))}") from exc
 
 
 def compile_module(

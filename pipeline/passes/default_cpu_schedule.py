@@ -186,9 +186,10 @@ def _tiles_per_block(row_tiles: int, panels: int, most: int, cores: int) -> int:
     most `most` tiles (a block larger than the rows, or a short last block, ran idle predicated
     iterations: a 128-channel k7 Conv1d on 65536 positions, 16 tiles in a block of 36, 70.6 ->
     69.4 ms), or where the parallel loop (row blocks x panels) would then leave cores idle (few
-    positions on many cores), as many equal row blocks as balance it. Every row block copies its panels again, which measured
-    cheaper than idle cores: an 8192-channel k3 Conv1d on 32 positions (one panel, 32 tiles), build
-    medians on 2 cores: 3.86 ms in 1 row block, 1.97 in 2, 2.05 in 4, 2.19 in 8, 2.56 in 32."""
+    positions on many cores), as many equal row blocks as balance it. Every row block copies its
+    panels again, which measured cheaper than idle cores: an 8192-channel k3 Conv1d on 32
+    positions (one panel, 32 tiles), build medians on 2 cores: 3.86 ms in 1 row block, 1.97 in 2,
+    2.05 in 4, 2.19 in 8, 2.56 in 32."""
     fewest = -(-row_tiles // most)
     if _balanced(fewest * panels, cores):
         return -(-row_tiles // fewest)
@@ -498,7 +499,8 @@ def _schedule_depthwise(sch: s_tir.Schedule, unit: VectorUnit) -> None:
     channel = sch.fuse(n, c)
     sch.parallel(channel)
     row_parts = []
-    if len(tap_loops) > 1 and _extent(sch, tap_loops[-2]) >= TALL_STENCIL and _extent(sch, outer[-1]) % STENCIL_ROWS == 0:
+    tall = len(tap_loops) > 1 and _extent(sch, tap_loops[-2]) >= TALL_STENCIL
+    if tall and _extent(sch, outer[-1]) % STENCIL_ROWS == 0:
         row_runs, row_part = sch.split(outer[-1], factors=[None, STENCIL_ROWS])
         outer, row_parts = [*outer[:-1], row_runs], [row_part]
     sch.reorder(*outer, runs, *tap_loops, *row_parts, vector, lane)

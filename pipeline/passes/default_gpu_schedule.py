@@ -72,12 +72,12 @@ class _SizedMatmul(dl.gpu.Matmul):
         return gemm_config(self.output_shape, target)
 
 
-def _schedule_gemm(func: tirx.PrimFunc, name: str, target: tvm.target.Target) -> s_tir.Schedule | None:
+def _schedule_gemm(func: tirx.PrimFunc, name: str, target: tvm.target.Target) -> s_tir.Schedule:
     """dlight's Matmul with gemm_config's tile. Where dlight sees no matmul in it (a grouped GEMM;
     one output row, as a Conv1d to one channel, HiFi-GAN's last; one position, as a ConvTranspose
-    on one latent frame), a thread per output: dlight's GEMV rule, next in line, staged a Conv1d's whole padded
-    input in shared memory (2 MiB for 16 channels of 32768 positions, where a block has 48 KiB),
-    which nvcc refused. None where the kernel is not one we know how to schedule that way."""
+    on one latent frame), a thread per output: dlight's GEMV rule, next in line, staged a Conv1d's
+    whole padded input in shared memory (2 MiB for 16 channels of 32768 positions, where a block
+    has 48 KiB), which nvcc refused."""
     sch = s_tir.Schedule(func)
     shape = tuple(int(d) for d in sch.get(sch.get_sblock(name)).writes[0].source.shape)
     scheduled = _SizedMatmul(shape).apply(func, target, False)

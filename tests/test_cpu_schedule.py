@@ -12,6 +12,7 @@ from pipeline.conformance import case_model
 from pipeline.graphs import IR_VERSION, OPSET, make_graph
 from pipeline.passes import default_cpu_schedule
 from pipeline.passes.default_cpu_schedule import (
+    MIN_PANEL_BALANCE,
     MIN_PANELS_PER_CORE,
     PANEL_BUDGET_BYTES,
     VectorUnit,
@@ -77,6 +78,17 @@ def test_a_panel_grows_to_the_budget():
 def test_a_panel_divides_the_positions():
     assert _subpanels(4096 + 8, SUBPANEL_128_CHANNELS, cores=2) == 8
     assert _subpanels(4095, SUBPANEL_128_CHANNELS, cores=2) == 1
+
+
+def test_panels_split_evenly_over_the_cores_where_they_can():
+    """A Linear layer's 1152 columns (36 column tiles of 384 channels): 9 panels of 4 had left one
+    of 2 cores idle a ninth of the time (1.19 ms); 18 panels of 2, 1.08."""
+    subpanel = 384 * 32 * 4
+    assert _subpanels(36, subpanel, cores=2) == 2
+    for column_tiles in range(1, 200):
+        for cores in (2, 3, 4):
+            count = _subpanels(column_tiles, subpanel, cores)
+            assert count == 1 or _balanced(column_tiles // count, cores, MIN_PANEL_BALANCE), (column_tiles, cores)
 
 
 def test_every_core_keeps_panels_to_run():

@@ -22,8 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 17
-IR_VERSION = 8
+from pipeline.graphs import IR_VERSION, OPSET
 
 
 def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:

@@ -31,7 +31,7 @@ from tvm.target import codegen
 
 from .conv_gemm import CONV_STRIDE_ANNOTATION, INPUT_ROW_ANNOTATION
 from .depthwise_conv import ROW_STRIDE_ANNOTATION
-from .kernel_blocks import first_block_named, inline_chain_after, reduction_rank
+from .kernel_blocks import ceil_div, first_block_named, inline_chain_after, reduction_rank
 from .matmul_gemm import TRANSPOSED_OPERAND_STAGE
 
 COLUMN_VECTORS = 2
@@ -183,7 +183,7 @@ def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int) -> int:
 
 def _balanced(items: int, cores: int, share: float = MIN_BALANCE) -> bool:
     """Whether `items` equal parallel iterations keep `cores` threads busy `share` of the time."""
-    return items >= share * cores * -(-items // cores)
+    return items >= share * cores * ceil_div(items, cores)
 
 
 def _tiles_per_block(row_tiles: int, panels: int, most: int, cores: int) -> int:
@@ -195,12 +195,12 @@ def _tiles_per_block(row_tiles: int, panels: int, most: int, cores: int) -> int:
     panels again, which measured cheaper than idle cores: an 8192-channel k3 Conv1d on 32
     positions (one panel, 32 tiles), build medians on 2 cores: 3.86 ms in 1 row block, 1.97 in 2,
     2.05 in 4, 2.19 in 8, 2.56 in 32."""
-    fewest = -(-row_tiles // most)
+    fewest = ceil_div(row_tiles, most)
     if _balanced(fewest * panels, cores):
-        return -(-row_tiles // fewest)
+        return ceil_div(row_tiles, fewest)
     for blocks in range(fewest + 1, row_tiles + 1):
-        tiles = -(-row_tiles // blocks)
-        if _balanced(-(-row_tiles // tiles) * panels, cores):
+        tiles = ceil_div(row_tiles, blocks)
+        if _balanced(ceil_div(row_tiles, tiles) * panels, cores):
             return tiles
     return 1
 
@@ -577,8 +577,6 @@ def _schedule_elementwise(sch: s_tir.Schedule, unit: VectorUnit) -> None:
             sch.vectorize(lanes)
             flat = chunks
         sch.parallel(flat)
-
-
 
 
 def _iter_types(sch: s_tir.Schedule, block, wide_only: bool = False) -> list:

@@ -24,7 +24,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .kernel_blocks import first_block_named, inline_chain_after, reduction_rank
+from .kernel_blocks import ceil_div, first_block_named, inline_chain_after, reduction_rank
 
 THREADS_PER_BLOCK = 256
 # The large tile runs one block per multiprocessor (its 198 registers x 256 threads). A grid of
@@ -47,15 +47,11 @@ LARGE_TILE = dl.gpu.Matmul.Config(
 )
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def gemm_config(output_shape: tuple[int, ...], target: tvm.target.Target) -> dl.gpu.Matmul.Config:
     """The large tile where the GEMM's output (batch..., rows, columns) still gives MIN_BLOCKS
     blocks of it, else dlight's own tile for the target."""
     *batch, rows, columns = output_shape
-    blocks = _ceil_div(rows, LARGE_TILE.block_size_x * LARGE_TILE.micro_size_x) * _ceil_div(
+    blocks = ceil_div(rows, LARGE_TILE.block_size_x * LARGE_TILE.micro_size_x) * ceil_div(
         columns, LARGE_TILE.block_size_y * LARGE_TILE.micro_size_y
     )
     for extent in batch:

@@ -1,6 +1,6 @@
 """What our CPU and GPU schedules ask of a kernel's blocks: which of the blocks they schedule it
 holds (our TE computes name them: convt_gemm, conv_gemm, convt_col2im, conv_depthwise), their
-reductions, and the elementwise chains FuseOps put around them."""
+reductions, and the elementwise chains FuseOps put around them; and the rounding up they share."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from collections.abc import Iterable
 
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import ScheduleError
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:

@@ -1,6 +1,6 @@
 """Side-by-side benchmark: our build, optionally TVM's stock lowering, and a baseline (onnxruntime
 on CPU, PyTorch eager on CUDA or on request), on the same inputs in one run, with useful GFLOP/s
-and the share of a matmul peak measured in the same run.
+and the share of a matmul peak and, on a CPU, of the FMA units' peak, both measured in the same run.
 
 The machine is shared and noisy, so the numbers that mean something are the ratios within a run.
 """
@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from . import cpu_peak, devices, torch_baseline
+from . import cpu_peak, devices, fma_peak, torch_baseline
 from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
 from .cpu_threads import tvm_threads
@@ -103,6 +103,8 @@ class BenchReport:
     machine: dict
     settings: dict
     versions: dict = field(default_factory=package_versions)
+    # What the CPU's FMA units can do (fma_peak), for "% FMA peak"; None on a GPU.
+    fma_peak_gflops: float | None = None
 
 
 def measure_peak(target: TargetSpec) -> cpu_peak.Peak:
@@ -110,6 +112,17 @@ def measure_peak(target: TargetSpec) -> cpu_peak.Peak:
     if target.kind == "llvm":
         return cpu_peak.measure_peak(cpuinfo_flags())
     return cpu_peak.Peak(torch_baseline.matmul_peak_gflops("cuda"), "torch fp32 matmul 8192^3 (TF32 off) on the GPU")
+
+
+FMA_PEAK_WHAT = "a TVM loop of independent vector multiply-adds on every thread"
+
+
+def _measure_fma_peak(target: TargetSpec) -> float | None:
+    if target.kind != "llvm":
+        return None
+    gflops = fma_peak.fma_peak_gflops(target)
+    log.info("FMA peak: %.1f GFLOP/s (%s)", gflops, FMA_PEAK_WHAT)
+    return gflops
 
 
 class _OnnxruntimeBaseline:
@@ -232,6 +245,7 @@ def bench(options: BenchOptions) -> BenchReport:
         )
     peak_before = measure_peak(target)
     log.info("peak: %.1f GFLOP/s (%s, best of 5)", peak_before.gflops, peak_before.what)
+    fma_before = _measure_fma_peak(target)
     rows, described = [], ""
     for selection in selections:
         row, described = _bench_graph(selection, options, target, baseline_name)
@@ -244,6 +258,7 @@ def bench(options: BenchOptions) -> BenchReport:
     peak_after = measure_peak(target)
     log.info("peak again: %.1f GFLOP/s (%s)", peak_after.gflops, peak_after.what)
     peak = max(peak_before, peak_after, key=lambda p: p.gflops)
+    fma_after = _measure_fma_peak(target)
     report = BenchReport(
         rows, described, peak.gflops, peak.what, machine=_machine(target),
         settings={"config": options.config if options.graphs else None,
@@ -252,6 +267,7 @@ def bench(options: BenchOptions) -> BenchReport:
                   "input_shapes": {name: list(shape) for name, shape in options.input_shapes.items()},
                   "target": target.key,
                   "repeats": options.repeats},
+        fma_peak_gflops=None if fma_before is None else max(fma_before, fma_after),
     )
     write_report(report, options.out)
     return report
@@ -276,20 +292,30 @@ def _scope(settings: dict) -> str:
 
 def markdown_table(report: BenchReport) -> str:
     short = _short(report.baseline)
+    fma = report.fma_peak_gflops
+    fma_header, fma_column = ("", "") if fma is None else (
+        f"; FMA peak {fma:.0f} GFLOP/s ({FMA_PEAK_WHAT}, same run)", " % FMA peak |"
+    )
     lines = [
-        f"{_scope(report.settings)}target {report.settings['target']}, {_where(report.machine)}; "
-        f"baseline: {report.baseline}; peak {report.peak_gflops:.0f} GFLOP/s ({report.peak}, same run).",
+        (
+            f"{_scope(report.settings)}target {report.settings['target']}, {_where(report.machine)}; "
+            f"baseline: {report.baseline}; peak {report.peak_gflops:.0f} GFLOP/s ({report.peak}, same run){fma_header}."
+        ),
         "",
-        f"| graph | useful GFLOP | ours ms (median [min–max]) | {short} ms | ours / {short} | ours GFLOP/s | % peak "
-        f"| {short} GFLOP/s | {short} vs ours (max rel diff) | stock ms | tuned kernels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        (
+            f"| graph | useful GFLOP | ours ms (median [min–max]) | {short} ms | ours / {short} | ours GFLOP/s | % peak |"
+            f"{fma_column} {short} GFLOP/s | {short} vs ours (max rel diff) | stock ms | tuned kernels |"
+        ),
+        "|---|---|---|---|---|---|---|" + ("---|" if fma is not None else "") + "---|---|---|---|",
     ]
     for r in report.rows:
         stock = f"{r.stock.median_ms:.1f}" if r.stock else "skipped"
+        ours = r.gflops(r.tvm)
+        fma_share = "" if fma is None else f" {100 * ours / fma:.0f}% |"
         lines.append(
             f"| {r.graph} | {r.useful_gflop:.2f} | {r.tvm.median_ms:.2f} [{r.tvm.min_ms:.2f}–{r.tvm.max_ms:.2f}] | "
             f"{r.baseline.median_ms:.2f} [{r.baseline.min_ms:.2f}–{r.baseline.max_ms:.2f}] | "
-            f"**{r.ratio_to_baseline:.2f}×** | {r.gflops(r.tvm):.1f} | {100 * r.gflops(r.tvm) / report.peak_gflops:.0f}% | "
+            f"**{r.ratio_to_baseline:.2f}×** | {ours:.1f} | {100 * ours / report.peak_gflops:.0f}% |{fma_share} "
             f"{r.gflops(r.baseline):.1f} | {r.baseline_max_rel_error:.1e} | {stock} | {r.tuned_kernels} |"
         )
     return "\n".join(lines) + "\n"
@@ -316,6 +342,8 @@ def write_report(report: BenchReport, out: Path) -> None:
     ax.bar(xs - 0.2, [r.gflops(r.tvm) for r in report.rows], 0.4, label="ours (TVM, zero-waste lowering)")
     ax.bar(xs + 0.2, [r.gflops(r.baseline) for r in report.rows], 0.4, label=_short(report.baseline))
     ax.axhline(report.peak_gflops, color="gray", linestyle="--", label="fp32 matmul peak (same run)")
+    if report.fma_peak_gflops is not None:
+        ax.axhline(report.fma_peak_gflops, color="black", linestyle=":", label="fp32 FMA peak (same run)")
     ax.set_xticks(xs, names)
     ax.set_ylabel("useful GFLOP/s")
     ax.set_title(f"{_scope(report.settings)}{report.settings['target']}")

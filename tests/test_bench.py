@@ -23,7 +23,11 @@ def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
     assert row.baseline_max_rel_error < 1e-4
     data = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert data["rows"][0]["ratio_to_baseline"] == row.ratio_to_baseline
-    assert "| convt4 |" in (tmp_path / "bench" / "bench.md").read_text()
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| convt4 |" in table
+    # The FMA units bound every GEMM; the matmul peak is what BLAS reaches of them.
+    assert report.fma_peak_gflops > 0 and "| % FMA peak |" in table and "FMA peak" in table.splitlines()[0]
+    assert data["fma_peak_gflops"] == report.fma_peak_gflops
 
 
 def test_bench_takes_a_users_onnx_file(tmp_path, empty_schedules):

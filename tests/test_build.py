@@ -93,3 +93,12 @@ def test_a_config_given_by_path_under_a_shipped_name_gets_no_float64_check(tmp_p
     options.selection = dataclasses.replace(options.selection, config=str(path))
     result = build(options)
     assert result.passed and result.manifest.verification.float64 is None
+
+
+def test_the_build_says_what_it_is_doing(tmp_path, empty_schedules, caplog):
+    caplog.set_level("INFO", logger="pipeline.build")
+    build(tiny_build_options(tmp_path, empty_schedules, "convt2"))
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("compiling 2 kernels for llvm-") for m in messages)
+    assert any(m.startswith("compiled in ") and m.endswith(" s") for m in messages)
+    assert "verifying convt2 against onnxruntime" in messages

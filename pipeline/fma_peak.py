@@ -1,7 +1,7 @@
 """What the CPU's vector FMA units can do: bench's "% FMA peak", the ceiling no GEMM passes.
 
 bench's "% peak" divides by a numpy matmul, a practical peak: BLAS reaches 88-90% of the FMA units
-on this repository's Zen 4 (206-211 GFLOP/s where this loop measures 227-234), so GEMMs that do as
+on this repository's Zen 4 (206-211 GFLOP/s where this loop measured 234), so GEMMs that do as
 well as BLAS read 100% and better ones over 100%, which says nothing about the headroom left. This
 measures the units themselves: a loop compiled by TVM for the bench's target, on every thread of
 TVM's pool, each thread running enough independent multiply-add chains of whole vectors to cover the

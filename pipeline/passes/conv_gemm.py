@@ -196,6 +196,11 @@ INPUT_ROW_ANNOTATION = "conv_input_row"
 # And on the GEMM's input stage of a Conv2d, its stride along the row (the GEMM reads positions
 # t * stride + tap): whether the schedule copies panels depends on it.
 CONV_STRIDE_ANNOTATION = "conv_stride"
+# Where the rows are not strided: the stage's channels are (input channel, kernel row), this many
+# kernel rows per input channel, kernel row kh reading kh times the pitch further along the flat
+# input. Whether and what the CPU schedule prefetches depends on them (see panel_prefetch).
+KERNEL_ROWS_ANNOTATION = "conv_kernel_rows"
+KERNEL_ROW_PITCH_ANNOTATION = "conv_kernel_row_pitch"
 
 
 def _row_phases(x: te.Tensor, layout: _RowLayout) -> te.Tensor:
@@ -231,11 +236,15 @@ def _conv2d_gemm(phases: te.Tensor, packed: te.Tensor, layout: _RowLayout) -> te
         phase, offset = layout.row_offset(kh)
         return phases[n, ci * layout.strides[0] + phase, t + offset]
 
+    attrs = {CONV_STRIDE_ANNOTATION: stride_w}
+    if layout.strides[0] == 1:
+        attrs[KERNEL_ROWS_ANNOTATION] = kernel_h
+        attrs[KERNEL_ROW_PITCH_ANNOTATION] = layout.input_row * layout.dilations[0]
     rows = te.compute(
         (batch, phase_channels // layout.strides[0] * kernel_h, layout.row_length),
         row_channel,
         name="conv_rows",
-        attrs={CONV_STRIDE_ANNOTATION: stride_w},
+        attrs=attrs,
     )
     return packed_gemm(rows, packed, kernel_w, stride_w, dilation_w, layout.positions)
 

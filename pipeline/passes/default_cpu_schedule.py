@@ -33,6 +33,7 @@ from .conv_gemm import CONV_STRIDE_ANNOTATION, INPUT_ROW_ANNOTATION
 from .depthwise_conv import ROW_STRIDE_ANNOTATION
 from .kernel_blocks import ceil_div, first_block_named, inline_chain_after, reduction_rank
 from .matmul_gemm import TRANSPOSED_OPERAND_STAGE
+from .panel_prefetch import PanelPrefetch, next_panel_prefetch
 
 COLUMN_VECTORS = 2
 
@@ -233,10 +234,12 @@ def _partial_sums(sch: s_tir.Schedule, block, reduction: list) -> tuple:
     return partial, sch.get_loops(block)[-1:]
 
 
-def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int) -> None:
+def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int) -> PanelPrefetch | None:
     """Also for conv_gemm, whose kernel holds a zero-padding stage before the GEMM (inlined into
     the panel copy) and the fused elementwise ops after it (bias, Snake, residual add), which are
-    inlined into one stage computed per tile, while the tile is in cache."""
+    inlined into one stage computed per tile, while the tile is in cache. Returns what to add to
+    the scheduled kernel, which the schedule's primitives cannot write: the prefetch of a GEMM that
+    reads its input in place (panel_prefetch), or None."""
     root_blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     epilogue = root_blocks[root_blocks.index(name) + 1:]
     block = sch.get_sblock(name)
@@ -248,6 +251,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
     gemm, reduction = _partial_sums(sch, block, sch.get_loops(block)[3:])
     chunked = gemm is not block
     batch, rows, positions, *_ = sch.get_loops(block)
+    batches = _extent(sch, batch)
     rows_outside = L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     position_count = _extent(sch, positions)
     tile = micro_kernel(position_count, row_tile, unit)
@@ -297,6 +301,10 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
     stride = _row_stride(sch, padding)
     transposed = any(sch.get(stage).name_hint == TRANSPOSED_OPERAND_STAGE for stage in padding)
     panel = sch.cache_read(gemm, 0, "global") if stride != 1 else None
+    prefetch = None
+    if panel is None and not rows_outside:
+        rows_stage = next(stage for stage in padding if sch.get(stage).name_hint == "conv_rows")
+        prefetch = next_panel_prefetch(sch.get(rows_stage), batches, columns * subpanels, position_count)
     for stage in padding:
         sch.compute_inline(stage)
     if panel is not None:
@@ -328,6 +336,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         extent = sch.get(innermost).extent
         if own_loop and isinstance(extent, tirx.IntImm) and extent.value % lanes == 0:
             sch.vectorize(sch.split(innermost, factors=[None, lanes])[1])
+    return prefetch
 
 
 def _place_panel(
@@ -679,8 +688,8 @@ def _schedule(func: tirx.PrimFunc, unit: VectorUnit, cores: int) -> tirx.PrimFun
     sch = s_tir.Schedule(func)
     name = first_block_named(sch, _SCHEDULES)
     if name is not None:
-        _SCHEDULES[name](sch, unit, cores)
-        return sch.mod["main"]
+        finish = _SCHEDULES[name](sch, unit, cores)
+        return sch.mod["main"] if finish is None else finish(sch.mod["main"])
     try:
         if _is_elementwise(sch):
             _schedule_elementwise(sch, unit)

@@ -1,0 +1,135 @@
+"""Software prefetch of the next input panel, for the GEMM of a stride-1 Conv2d, which reads its input
+in place (see conv_gemm's _RowLayout and the CPU schedule's _row_stride).
+
+Each panel of that GEMM reads a short run of positions (32 and the taps' reach) in each kernel row
+of each input channel of the flat padded input; kernel row kh reads kh input rows further on than
+row 0. The run that kernel row KH - 1, the furthest on, reads is new; the others read what it read
+KH - 1 ... 1 input rows (a few panels) earlier, and find it in cache. Where the input rows are
+long, each input channel's kernel rows lie in different 4 KiB pages, and the hardware prefetchers,
+which follow streams within a page and only so many of them, left many of those new lines to be
+fetched when the loads missed (our reading: this VM has no performance counters to confirm it): a
+3 x 3 Conv2d of 64 to 64 channels ran its GEMM at 179 GFLOP/s on 256 x 256, 212 on 128 x 128. So there, at the start of each panel, the kernel asks for the lines
+that the next panel's furthest kernel row will read (`llvm.prefetch`, which never faults), into L2.
+
+GEMM times, builds alternated in one process (2 cores, Zen 4), without -> with, 3 x 3 kernels:
+- rows of 258 positions (256 x 256): 64 -> 32 channels 15.5 -> 12.7 ms, 64 -> 64 27.1 -> 23.7,
+  32 -> 64 13.1 -> 11.8, 32 -> 32 7.0 -> 6.5, 3 -> 32 1.54 -> 1.45; rows of 514 (128 x 512),
+  32 -> 32: 7.1 -> 6.3; a UNet at 256 x 256 (all its kernels) 96.0 -> 93.0;
+- rows of 130 (128 x 128, 512 x 128; 64 -> 32, 128 -> 32, 32 -> 32, 64 -> 64): -0.9% to +1.6%,
+  hence PREFETCH_MIN_ROW_BYTES; a 1 x 1 Conv2d (no kernel row behind another) 10% slower (32 -> 2
+  on 256 x 256). Prefetching every kernel row instead of the furthest was slower (64 -> 32: 12.0
+  against 11.5 ms), into L1 instead of L2 too (12.8 against 11.8), two or four panels ahead the
+  same as one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+from tvm.sym import Analyzer
+
+from .conv_gemm import KERNEL_ROW_PITCH_ANNOTATION, KERNEL_ROWS_ANNOTATION
+
+CACHE_LINE_BYTES = 64
+# Kernel rows at least this far apart along the flat input (256 fp32 positions) are prefetched.
+PREFETCH_MIN_ROW_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class PanelPrefetch:
+    """The GEMM's input stage, as a load of the kernel's input in terms of the stage's iterators
+    (batch, channel, position), whose channels are `kernel_rows` kernel rows of each of
+    `input_channels`; and how the parallel loop walks its panels: its index is (row block, batch,
+    panel), each panel computes `width` positions and reads `reach` of them (its taps reach past its
+    last position), the stage holds `length` positions per channel."""
+
+    load: tvm.ir.expr.TensorLoad
+    iterators: tuple[tirx.Var, tirx.Var, tirx.Var]
+    input_channels: int
+    kernel_rows: int
+    batches: int
+    panels: int
+    width: int
+    reach: int
+    length: int
+
+    def __call__(self, func: tirx.PrimFunc) -> tirx.PrimFunc:
+        """`func` with this prefetch at the top of the body of its parallel loop."""
+        return tvm_ffi.structural_map(func, (tirx.For, self._prefetch_first), order="pre")
+
+    def _prefetch_first(self, loop: tirx.For) -> tirx.For:
+        if loop.kind != tirx.ForKind.PARALLEL:
+            return loop
+        body = tirx.SeqStmt([self._next_panel(loop.loop_var, str(loop.loop_var.ty)), loop.body])
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations)
+
+    def _next_panel(self, index: tirx.Var, dtype: str) -> tirx.Stmt:
+        """For each input channel, a prefetch of every line of positions that the next panel's last
+        kernel row reads (the same panel's at its batch's last panel: each core runs a contiguous
+        range of the parallel loop)."""
+        panel = tirx.floormod(index, self.panels)
+        batch = tirx.floormod(tirx.floordiv(index, self.panels), self.batches)
+        start = tirx.min(panel + 1, self.panels - 1) * self.width
+        input_channel = tirx.Var("prefetch_channel", dtype)
+        channel = input_channel * self.kernel_rows + (self.kernel_rows - 1)
+        lanes = CACHE_LINE_BYTES // (tvm.DataType(str(self.load.ty)).bits // 8)
+        # The reach's first position may lie anywhere in its line: its last position's line too.
+        offsets = sorted({*range(0, self.reach, lanes), self.reach - 1})
+        prefetches = [
+            tirx.Evaluate(
+                tirx.call_intrin(
+                    "void",
+                    "tirx.prefetch",
+                    tirx.address_of(self._load_at(batch, channel, tirx.min(start + offset, self.length - 1))),
+                    0,  # for reading
+                    2,  # into L2 (prefetcht1 on x86)
+                    1,  # data
+                )
+            )
+            for offset in offsets
+        ]
+        return tirx.For(
+            input_channel,
+            tirx.const(0, dtype),
+            tirx.const(self.input_channels, dtype),
+            tirx.ForKind.SERIAL,
+            tirx.stmt_seq(*prefetches),
+        )
+
+    def _load_at(self, batch, channel, position) -> tvm.ir.expr.TensorLoad:
+        """The input stage's load at (batch, channel, position), its indices simplified (the
+        channel's (input channel, kernel row) split folds away)."""
+        values = (batch, channel, position)
+
+        def bound(var: tirx.Var) -> tirx.Expr:
+            return next((value for iterator, value in zip(self.iterators, values) if iterator.same_as(var)), var)
+
+        load = tvm_ffi.structural_map(self.load, (tirx.Var, bound))
+        analyzer = Analyzer()
+        return tirx.BufferLoad(load.source, [analyzer.simplify(index) for index in load.indices])
+
+
+def next_panel_prefetch(input_stage: s_tir.SBlock, batches: int, width: int, positions: int) -> PanelPrefetch | None:
+    """The prefetch for a GEMM whose input stage (conv_rows, before it is inlined into the GEMM's
+    reads) is `input_stage`, of `positions` computed in panels of `width`; None where its kernel rows
+    are strided, fewer than two or closer than PREFETCH_MIN_ROW_BYTES."""
+    kernel_rows = int(input_stage.annotations.get(KERNEL_ROWS_ANNOTATION, 1))
+    pitch = int(input_stage.annotations.get(KERNEL_ROW_PITCH_ANNOTATION, 0))
+    load = input_stage.body.value
+    if kernel_rows < 2 or pitch * (tvm.DataType(str(load.ty)).bits // 8) < PREFETCH_MIN_ROW_BYTES:
+        return None
+    _, channels, length = (int(extent) for extent in input_stage.writes[0].source.shape)
+    return PanelPrefetch(
+        load=load,
+        iterators=tuple(iterator.var for iterator in input_stage.iter_vars),
+        input_channels=channels // kernel_rows,
+        kernel_rows=kernel_rows,
+        batches=batches,
+        panels=positions // width,
+        width=width,
+        reach=width + length - positions,
+        length=length,
+    )

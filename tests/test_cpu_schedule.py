@@ -262,3 +262,25 @@ def test_the_crop_after_a_conv2d_reads_the_gemm_output_without_division():
     for index in indices:
         tvm_ffi.structural_walk(index, [(tvm.tirx.FloorDiv, divisions.append), (tvm.tirx.FloorMod, divisions.append)])
     assert indices and not divisions, indices
+
+
+def test_a_transpose_runs_in_tiles_of_vectors(tmp_path, empty_schedules):
+    """(48, 32) -> (32, 48): vectors along the output's rows, in tiles of as many output rows, so each
+    line of the input serves the whole tile from L1. Flattened, each vector gathered 16 lines and met
+    each again 16 output rows later: 0.23 ms for a 384 x 256 transpose, 0.06 tiled."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])],
+        "transpose",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 48, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 48])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    lanes = VectorUnit.of(resolve_target("cpu").tvm_target()).lanes
+    scheduled = cpu_scheduled(model)
+    ((name, kernel),) = [(gv.name_hint, f) for gv, f in scheduled.functions.items() if "transpose" in gv.name_hint]
+    *_, parallel, tiles, rows, vector = [(loop.kind, int(loop.extent)) for loop in tir_loops(kernel)]
+    assert parallel[0] == tvm.tirx.ForKind.PARALLEL and parallel[1] == 32 // lanes, name
+    assert tiles[1] == 48 // lanes and rows[1] == lanes and vector == (tvm.tirx.ForKind.VECTORIZED, lanes)
+    path = tmp_path / "transpose.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert build(onnx_file_build_options(path, tmp_path / "out", empty_schedules)).passed

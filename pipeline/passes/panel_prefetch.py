@@ -1,15 +1,17 @@
 """Software prefetch of the next input panel, for the GEMM of a stride-1 Conv2d, which reads its input
 in place (see conv_gemm's _RowLayout and the CPU schedule's _row_stride).
 
-Each panel of that GEMM reads a short run of positions (32 and the taps' reach) in each kernel row
-of each input channel of the flat padded input; kernel row kh reads kh input rows further on than
-row 0. The run that kernel row KH - 1, the furthest on, reads is new; the others read what it read
-KH - 1 ... 1 input rows (a few panels) earlier, and find it in cache. Where the input rows are
+Each panel of that GEMM reads a short run of positions (its width, 32 with AVX-512, and the taps'
+reach) in each kernel row of each input channel of the flat padded input; kernel row kh reads kh
+input rows further on than row 0. The run that kernel row KH - 1, the furthest on, reads is new;
+the others read what it read KH - 1 ... 1 input rows (a few panels) earlier, and find it in
+cache. Where the input rows are
 long, each input channel's kernel rows lie in different 4 KiB pages, and the hardware prefetchers,
 which follow streams within a page and only so many of them, left many of those new lines to be
 fetched when the loads missed (our reading: this VM has no performance counters to confirm it): a
-3 x 3 Conv2d of 64 to 64 channels ran its GEMM at 179 GFLOP/s on 256 x 256, 212 on 128 x 128. So there, at the start of each panel, the kernel asks for the lines
-that the next panel's furthest kernel row will read (`llvm.prefetch`, which never faults), into L2.
+3 x 3 Conv2d of 64 to 64 channels ran its GEMM at 179 GFLOP/s on 256 x 256, 212 on 128 x 128. So
+there, at the start of each panel, the kernel asks for the lines that the next panel's furthest
+kernel row will read (`llvm.prefetch`, which never faults), into L2.
 
 GEMM times, builds alternated in one process (2 cores, Zen 4), without -> with, 3 x 3 kernels:
 - rows of 258 positions (256 x 256): 64 -> 32 channels 15.5 -> 12.7 ms, 64 -> 64 27.1 -> 23.7,
@@ -19,7 +21,9 @@ GEMM times, builds alternated in one process (2 cores, Zen 4), without -> with, 
   hence PREFETCH_MIN_ROW_BYTES; a 1 x 1 Conv2d (no kernel row behind another) 10% slower (32 -> 2
   on 256 x 256). Prefetching every kernel row instead of the furthest was slower (64 -> 32: 12.0
   against 11.5 ms), into L1 instead of L2 too (12.8 against 11.8), two or four panels ahead the
-  same as one.
+  same as one;
+- with the AVX2 micro-kernel (target x86-64-v3 on the same machine, panels of 16 positions), rows
+  of 258: 64 -> 32 15.1 -> 14.4 ms, 32 -> 32 7.3 -> 6.7, 64 -> 64 29.1 -> 28.9.
 """
 
 from __future__ import annotations

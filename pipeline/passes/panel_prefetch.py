@@ -5,13 +5,13 @@ Each panel of that GEMM reads a short run of positions (its width, 32 with AVX-5
 reach) in each kernel row of each input channel of the flat padded input; kernel row kh reads kh
 input rows further on than row 0. The run that kernel row KH - 1, the furthest on, reads is new;
 the others read what it read KH - 1 ... 1 input rows (a few panels) earlier, and find it in
-cache. Where the input rows are
-long, each input channel's kernel rows lie in different 4 KiB pages, and the hardware prefetchers,
-which follow streams within a page and only so many of them, left many of those new lines to be
-fetched when the loads missed (our reading: this VM has no performance counters to confirm it): a
-3 x 3 Conv2d of 64 to 64 channels ran its GEMM at 179 GFLOP/s on 256 x 256, 212 on 128 x 128. So
-there, at the start of each panel, the kernel asks for the lines that the next panel's furthest
-kernel row will read (`llvm.prefetch`, which never faults), into L2.
+cache. Where the input rows are long, each input channel's kernel rows lie in different 4 KiB
+pages, and the hardware prefetchers, which follow streams within a page and only so many of them,
+left many of those new lines to be fetched when the loads missed (our reading: this VM has no
+performance counters to confirm it): a 3 x 3 Conv2d of 64 to 64 channels ran its GEMM at 179
+GFLOP/s on 256 x 256, 212 on 128 x 128. So there, at the start of each panel, the kernel asks for
+the lines that the next panel's furthest kernel row will read (`llvm.prefetch`, which never
+faults), into L2.
 
 GEMM times, builds alternated in one process (2 cores, Zen 4), without -> with, 3 x 3 kernels:
 - rows of 258 positions (256 x 256): 64 -> 32 channels 15.5 -> 12.7 ms, 64 -> 64 27.1 -> 23.7,

@@ -52,18 +52,23 @@ def fma_loop(threads: int, chains: int, lanes: int) -> tvm.tirx.PrimFunc:
     return loop
 
 
-def compile_fma_loop(target: TargetSpec) -> tuple[tvm.runtime.Executable, tuple[int, int, int]]:
-    """The loop built for `target` and the shape of its output (threads, chains, lanes)."""
+# The loop built for a target, and the shape of its output (threads, chains, lanes).
+FmaLoop = tuple[tvm.runtime.Executable, tuple[int, int, int]]
+
+
+def compile_fma_loop(target: TargetSpec) -> FmaLoop:
+    """The loop built for `target`, once per bench (it is timed before and after the graphs)."""
     tvm_target = target.tvm_target()
     unit = VectorUnit.of(tvm_target)
     shape = (tvm_threads(), unit.registers - SPARE_REGISTERS, unit.lanes)
     return tvm.compile(tvm.IRModule({"fma_loop": fma_loop(*shape)}), tvm_target), shape
 
 
-def fma_peak_gflops(target: TargetSpec, repeats: int = 5) -> float:
-    """The best fp32 GFLOP/s of `repeats` calls of the loop (each MIN_CALL_SECONDS or longer),
-    counting a multiply-add as 2 FLOP. The target must run on this CPU (bench checks that first)."""
-    executable, shape = compile_fma_loop(target)
+def fma_peak_gflops(loop: FmaLoop, repeats: int = 5) -> float:
+    """The best fp32 GFLOP/s of `repeats` calls of the compiled loop (each MIN_CALL_SECONDS or
+    longer), counting a multiply-add as 2 FLOP. Its target must run on this CPU (bench checks that
+    first)."""
+    executable, shape = loop
     run = executable["fma_loop"]
     out = tvm.runtime.tensor(np.zeros(shape, dtype="float32"))
     flop_per_iteration = 2 * int(np.prod(shape))

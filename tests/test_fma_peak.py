@@ -35,5 +35,5 @@ def test_the_loop_is_fused_multiply_adds_only(host_loop):
     assert not re.search(r"\bv(mul|add)ps\b", assembly)
 
 
-def test_fma_peak_is_measured():
-    assert fma_peak_gflops(resolve_target("cpu"), repeats=2) > 0
+def test_fma_peak_is_measured(host_loop):
+    assert fma_peak_gflops(host_loop, repeats=2) > 0

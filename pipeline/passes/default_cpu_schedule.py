@@ -304,8 +304,7 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
     panel = sch.cache_read(gemm, 0, "global") if stride != 1 else None
     prefetch = None
     if panel is None and not rows_outside:
-        rows_stage = next(stage for stage in padding if sch.get(stage).name_hint == "conv_rows")
-        prefetch = next_panel_prefetch(sch.get(rows_stage), batches, columns * subpanels, position_count)
+        prefetch = next_panel_prefetch(_conv_rows_stage(sch, padding), batches, columns * subpanels, position_count)
     for stage in padding:
         sch.compute_inline(stage)
     if panel is not None:
@@ -389,8 +388,13 @@ def _row_stride(sch: s_tir.Schedule, stages: list) -> int | None:
     were copied element by element. Measured without the copy, side by side on 2 cores: a 3 x 3
     Conv2d of 64 channels on 128 x 128 6.7 against 8.2 ms, of 32 channels on 256 x 256 8.7
     against 11.2, of 256 channels on 32 x 32 6.4 against 6.8."""
-    rows = [stage for stage in stages if sch.get(stage).name_hint == "conv_rows"]
-    return int(sch.get(rows[0]).annotations[CONV_STRIDE_ANNOTATION]) if rows else None
+    rows = _conv_rows_stage(sch, stages)
+    return None if rows is None else int(rows.annotations[CONV_STRIDE_ANNOTATION])
+
+
+def _conv_rows_stage(sch: s_tir.Schedule, stages: list):
+    """The Conv2d GEMM's input stage (conv_rows) among `stages`, as a block, or None."""
+    return next((sch.get(stage) for stage in stages if sch.get(stage).name_hint == "conv_rows"), None)
 
 
 def _unroll_tile(sch: s_tir.Schedule, row, column, lanes: int) -> None:

@@ -79,7 +79,7 @@ class PanelPrefetch:
         start = tirx.min(panel + 1, self.panels - 1) * self.width
         input_channel = tirx.Var("prefetch_channel", dtype)
         channel = input_channel * self.kernel_rows + (self.kernel_rows - 1)
-        lanes = CACHE_LINE_BYTES // (tvm.DataType(str(self.load.ty)).bits // 8)
+        lanes = CACHE_LINE_BYTES // _element_bytes(self.load)
         # The reach's first position may lie anywhere in its line: its last position's line too.
         offsets = sorted({*range(0, self.reach, lanes), self.reach - 1})
         prefetches = [
@@ -116,6 +116,10 @@ class PanelPrefetch:
         return tirx.BufferLoad(load.source, [analyzer.simplify(index) for index in load.indices])
 
 
+def _element_bytes(load: tvm.ir.expr.TensorLoad) -> int:
+    return tvm.DataType(str(load.ty)).bits // 8
+
+
 def next_panel_prefetch(input_stage: s_tir.SBlock, batches: int, width: int, positions: int) -> PanelPrefetch | None:
     """The prefetch for a GEMM whose input stage (conv_rows, before it is inlined into the GEMM's
     reads) is `input_stage`, of `positions` computed in panels of `width`; None where its kernel rows
@@ -123,7 +127,7 @@ def next_panel_prefetch(input_stage: s_tir.SBlock, batches: int, width: int, pos
     kernel_rows = int(input_stage.annotations.get(KERNEL_ROWS_ANNOTATION, 1))
     pitch = int(input_stage.annotations.get(KERNEL_ROW_PITCH_ANNOTATION, 0))
     load = input_stage.body.value
-    if kernel_rows < 2 or pitch * (tvm.DataType(str(load.ty)).bits // 8) < PREFETCH_MIN_ROW_BYTES:
+    if kernel_rows < 2 or pitch * _element_bytes(load) < PREFETCH_MIN_ROW_BYTES:
         return None
     _, channels, length = (int(extent) for extent in input_stage.writes[0].source.shape)
     return PanelPrefetch(

@@ -1,8 +1,9 @@
 """MatMul and Gemm lowered to our packed GEMM (`pipeline/passes/matmul_gemm.py`): Linear layers
 (a constant right operand, a bias), batched and broadcast products of two activations, transposed
 operands, shapes that are not whole register tiles: each equals onnxruntime and float64 numpy; the
-bias and activation after a Linear run in the GEMM's kernel; a vector operand keeps TVM's lowering
-and says so."""
+bias and activation after a Linear run in the GEMM's kernel, which reads the activations in place
+(rows 4 KiB apart aside) and a constant left operand packed at build time; a vector operand keeps
+TVM's lowering and says so."""
 
 import logging
 
@@ -16,7 +17,7 @@ from pipeline.build import build
 from pipeline.graphs import IR_VERSION, OPSET
 from pipeline.importer import import_onnx
 from pipeline.lowering import lower
-from pipeline.passes.matmul_gemm import MatmulToGemm
+from pipeline.passes.matmul_gemm import ROWS_IN_PLACE_STAGE, MatmulToGemm
 from pipeline.runtime import load
 from pipeline.target import resolve_target
 
@@ -25,6 +26,12 @@ from .conftest import MATMUL_CASES, cpu_scheduled, matmul_model, onnx_file_build
 
 def _kernels(model) -> list[str]:
     return [gv.name_hint for gv in lower(import_onnx(model).mod, resolve_target("cpu")).main.functions]
+
+
+def _gemm_reads_rows_in_place(model) -> bool:
+    main = lower(import_onnx(model).mod, resolve_target("cpu")).main
+    (gemm,) = [func for gv, func in main.functions.items() if "matmul_gemm" in gv.name_hint]
+    return f'T.sblock("{ROWS_IN_PLACE_STAGE}")' in gemm.script()
 
 
 @pytest.mark.parametrize("name", sorted(MATMUL_CASES))
@@ -43,11 +50,35 @@ def test_matmuls_through_our_gemm_equal_onnxruntime_and_numpy(name, tmp_path, em
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
-def test_a_linear_layers_bias_runs_in_the_gemms_kernel():
-    """A reshape after the GEMM would have kept FuseOps from fusing the bias add into it."""
-    kernels = _kernels(matmul_model(*MATMUL_CASES["linear_3d"])[0])
-    assert [kernel for kernel in kernels if "matmul_gemm" in kernel] == ["fused_matmul_gemm_add"], kernels
-    assert not [kernel for kernel in kernels if "add" in kernel and "matmul_gemm" not in kernel], kernels
+def test_a_linear_layers_bias_and_the_reading_of_its_activations_run_in_the_gemms_kernel():
+    """A reshape after the GEMM would have kept FuseOps from fusing the bias add into it; the
+    activations are read in place, not packed by a kernel of their own on every call."""
+    model = matmul_model(*MATMUL_CASES["linear_3d"])[0]
+    assert [kernel for kernel in _kernels(model) if kernel != "main"] == ["fused_matmul_gemm_add"]
+    assert _gemm_reads_rows_in_place(model)
+
+
+def test_activation_rows_4_kib_apart_are_packed_on_each_call():
+    model = matmul_model(*MATMUL_CASES["linear_rows_4kib_apart"])[0]
+    assert not _gemm_reads_rows_in_place(model)
+    assert [kernel for kernel in _kernels(model) if "transpose" in kernel] == ["fused_reshape_transpose"]  # packing
+
+
+def test_a_constant_left_operand_is_packed_once_at_build_time():
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 24)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["w", "x"], ["y"])], "constant_left",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [24, 40])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 40])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    lowered = lower(import_onnx(model).mod, resolve_target("cpu"))
+    assert not [gv for gv in lowered.main.functions if "transpose" in gv.name_hint]  # no packing per call
+    assert not _gemm_reads_rows_in_place(model)
+    (prepared,) = lowered.main["main"].params[1:]
+    assert [int(d) for d in prepared.ty.shape] == [1, 2, 24, 8]  # the GEMM's packed layout, made by the build
 
 
 def test_an_onnx_gemm_with_transposed_weight_alpha_and_beta_equals_onnxruntime_and_numpy(tmp_path, empty_schedules):
@@ -86,10 +117,9 @@ def test_a_matmul_with_a_vector_operand_keeps_tvms_lowering_and_says_why(caplog)
 
 def test_a_transposed_right_operand_is_read_through_the_gemms_panel_copy():
     """`q @ k.transpose(-1, -2)`: no transpose kernel of its own (in a VAE attention block, the
-    transpose of the softmax output took 1.8 ms of 12)."""
+    transpose of the softmax output took 1.8 ms of 12), nor one packing q."""
     kernels = _kernels(matmul_model(*MATMUL_CASES["attention_scores"])[0])
-    others = [kernel for kernel in kernels if kernel != "main" and "matmul_gemm" not in kernel]
-    assert len(others) == 1, kernels  # the packing of the left operand
+    assert [kernel for kernel in kernels if kernel != "main"] == ["matmul_gemm"], kernels
 
 
 def test_a_transposed_operands_panel_is_copied_along_its_rows():

@@ -7,10 +7,18 @@ on 256 positions) took 74x onnxruntime's time, a VAE-style attention block over 
 
 is the Conv1d of kernel 1 that conv_gemm runs, with the rows m as its output channels and the
 columns n as its positions: `b` is read as the input (batch, channels k, positions n), contiguous
-along n like the micro-kernel's vectors, and `a` is packed as the weight (groups, M/tile, K, tile)
-by a small kernel of its own at run time (its M x K elements against the GEMM's M x K x N
-multiply-adds). A batch of matrix pairs runs as the groups of one grouped GEMM; where `b` has no
-batch (a Linear layer's weight), a's batch rows stack into one GEMM instead.
+along n like the micro-kernel's vectors, and `a` as the weight (groups, M/tile, K, tile). A batch
+of matrix pairs runs as the groups of one grouped GEMM; where `b` has no batch (a Linear layer's
+weight), a's batch rows stack into one GEMM instead.
+
+A constant `a` is packed into that layout once, at build time (LiftTransformParams). An `a`
+computed from the graph's inputs (a Linear layer's activations) is read in place, through a stage
+of the GEMM's kernel that the schedules inline: each micro-kernel then reads its `tile` rows side
+by side, one stream per row, where a kernel of its own had packed it on every call (0.47 of
+lndec's 12.4 ms). Kernel times, builds alternated in one process: lndec 11.31 -> 10.95 ms, mm1
+1.106 -> 1.077, mmh 3.012 -> 2.993 (the GEMMs themselves within 1.5%). Where those rows would
+share L1 sets (rows of 1, 2 or 4 KiB), `a` is still packed on each call: attn's, read in place,
+took 8.72 ms against 8.44.
 
 Vector operands, symbolic shapes and integer matmuls keep TVM's lowering, and the log says why.
 """
@@ -32,6 +40,12 @@ log = logging.getLogger(__name__)
 # The name of the stage through which the GEMM reads a transposed right operand, which the CPU
 # schedule copies in its own loop order.
 TRANSPOSED_OPERAND_STAGE = "matmul_transposed"
+# The name of the stage through which it reads a left operand in place.
+ROWS_IN_PLACE_STAGE = "matmul_rows"
+# L1 data caches index their sets by the address bits below 4 KiB (64 sets of 64-byte lines, on
+# the x86 and Arm cores we know).
+L1_SET_SPAN_BYTES = 4096
+CACHE_LINE_BYTES = 64
 
 
 def _selects(call: relax.Call) -> bool:
@@ -64,7 +78,40 @@ def _transposed_source(builder: relax.BlockBuilder, b: relax.Expr) -> relax.Expr
     return bound.args[0] if axes is not None and [int(a) for a in axes] == swapped else None
 
 
-def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr, str]:
+def _reads_any(builder: relax.BlockBuilder, expr: relax.Expr, variables: list[relax.Var]) -> bool:
+    """Whether `expr` reads one of `variables`, directly or through the bindings before it."""
+    pending, seen = [expr], []
+    while pending:
+        for var in relax.analysis.free_vars(pending.pop()):
+            if any(var.same_as(v) for v in variables):
+                return True
+            if any(var.same_as(s) for s in seen):
+                continue
+            seen.append(var)
+            bound = builder.lookup_binding(var)
+            if bound is not None:
+                pending.append(bound)
+    return False
+
+
+def _rows_share_no_l1_set(length: int, dtype: str, tile: int) -> bool:
+    """Whether the first lines of `tile` rows of `length` elements, one after another, lie in as
+    many L1 sets as they are lines (rows 1, 2 or 4 KiB long put two or more in one set)."""
+    row_bytes = length * tvm.DataType(dtype).bits // 8
+    lines = {row * row_bytes // CACHE_LINE_BYTES for row in range(tile)}
+    return len({line % (L1_SET_SPAN_BYTES // CACHE_LINE_BYTES) for line in lines}) == len(lines)
+
+
+def _unraveled(flat, shape) -> list:
+    """The index into `shape` of element `flat` of its row-major order."""
+    index = []
+    for extent in reversed([int(d) for d in shape]):
+        index.append(flat % extent if extent > 1 else 0)
+        flat = flat // extent
+    return index[::-1]
+
+
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call, inputs: list[relax.Var]) -> tuple[relax.Expr, str]:
     a, b = call.args
     a_shape, b_shape = static_shape(a), static_shape(b)
     out_shape = static_shape(call)
@@ -76,8 +123,25 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
         batches, rows = math.prod(batch), m
         a = _broadcast(builder, a, [*batch, m, k])
         b = _broadcast(builder, b, [*batch, k, n])
-    flat_rows = _reshaped(builder, a, [batches * rows, k])
-    packed = builder.emit(pack_rows(flat_rows, batches, row_tile(rows)), name_hint="packed_rows")
+    tile = row_tile(rows)
+    in_place = _reads_any(builder, a, inputs) and _rows_share_no_l1_set(k, str(a.ty.dtype), tile)
+    if in_place:
+        # `a` as it is, not reshaped: a reshape of a graph input is a copy (see output_reshape_views).
+        rows_operand = a
+
+        def weight_stage(x):
+            return te.compute(
+                (batches, rows // tile, k, tile),
+                lambda g, m, c, r: x[(*_unraveled(g * rows + m * tile + r, x.shape[:-1]), c)],
+                name=ROWS_IN_PLACE_STAGE,
+            )
+    else:
+        flat_rows = _reshaped(builder, a, [batches * rows, k])
+        rows_operand = builder.emit(pack_rows(flat_rows, batches, tile), name_hint="packed_rows")
+
+        def weight_stage(x):
+            return x
+
     # A transposed right operand is read through a stage of the GEMM's kernel, which the schedule
     # inlines into its copy of each input panel, instead of a transpose kernel of its own.
     source = _transposed_source(builder, b)
@@ -93,16 +157,28 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
             return x
 
     product = builder.call_te(
-        lambda x, w: packed_gemm(data_stage(x), w, kernel=1, stride=1, dilation=1, out_len=n, weight_per_batch=True),
+        lambda x, w: packed_gemm(
+            data_stage(x), weight_stage(w), kernel=1, stride=1, dilation=1, out_len=n, weight_per_batch=True
+        ),
         columns,
-        packed,
+        rows_operand,
         primfunc_name_hint="matmul_gemm",
     )
     # A reshape after the GEMM would keep FuseOps from fusing the bias and activation into it.
     if out_shape != [batches, rows, n]:
         product = relax.op.reshape(builder.emit(product), out_shape)
     transposed = "ᵀ" if source is not None else ""
-    return product, f"{a_shape}x{b_shape}{transposed}"
+    read = ", left operand read in place" if in_place else ""
+    return product, f"{a_shape}x{b_shape}{transposed}{read}"
+
+
+def _inputs(func) -> list[relax.Var]:
+    """A Relax function's parameters that are not weights: those before its `num_input` (the
+    importer's; LiftTransformParams prepares the others once, at build time), all where it has none."""
+    if not isinstance(func, relax.Function):
+        return []
+    count = int(func.attrs["num_input"]) if func.attrs is not None and "num_input" in func.attrs else None
+    return list(func.params[:count])
 
 
 @tvm.transform.module_pass(opt_level=0, name="MatmulToGemm")
@@ -110,4 +186,7 @@ class MatmulToGemm:
     """Rewrite every supported matmul into our packed GEMM; log each rewrite and each refusal."""
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_calls(mod, _selects, _unsupported, _rewrite, log, "matmul as GEMM")
+        inputs = [param for func in mod.functions.values() for param in _inputs(func)]
+        return rewrite_calls(
+            mod, _selects, _unsupported, lambda builder, call: _rewrite(builder, call, inputs), log, "matmul as GEMM"
+        )

@@ -322,6 +322,10 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
     if epilogue:
         copies.append(sch.get_sblock(epilogue[-1]))
         sch.reverse_compute_at(copies[-1], tile_loop)
+        if not chunked:
+            # The epilogue reads the register tile itself, not a copy of it in a second buffer.
+            sch.compute_inline(accumulator)
+            copies.remove(accumulator)
     _unroll_tile(sch, row, column, lanes)
     sch.decompose_reduction(block, reduction[0])
     if chunked:

@@ -15,8 +15,8 @@ A constant `a` is packed into that layout once, at build time (LiftTransformPara
 computed from the graph's inputs (a Linear layer's activations) is read in place, through a stage
 of the GEMM's kernel that the schedules inline: each micro-kernel then reads its `tile` rows side
 by side, one stream per row, where a kernel of its own had packed it on every call (0.47 of
-lndec's 12.4 ms). Kernel times, builds alternated in one process: lndec 11.31 -> 10.95 ms, mm1
-1.106 -> 1.077, mmh 3.012 -> 2.993 (the GEMMs themselves within 1.5%). Where those rows would
+lndec's 12.4 ms). Kernel times, builds alternated in one process: lndec 12.08 -> 11.60 ms, mm1
+1.115 -> 1.087, mmh 3.200 -> 3.153 (the GEMMs themselves within 1.3%). Where those rows would
 share L1 sets (rows of 1, 2 or 4 KiB), `a` is still packed on each call: attn's, read in place,
 took 8.72 ms against 8.44.
 

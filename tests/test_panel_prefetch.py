@@ -1,6 +1,7 @@
-"""The prefetch of each next input panel in the GEMM of a stride-1 Conv2d on long input rows
-(pipeline/passes/panel_prefetch.py): where it is added, which lines it asks for, and that the
-kernel it is added to compiles to prefetch instructions and computes what onnxruntime does."""
+"""The prefetch of each next input panel in the GEMM of a stride-1 Conv2d on long input rows, and of
+the channel rows ahead in a wide panel copy (pipeline/passes/panel_prefetch.py): where each is
+added, which lines it asks for, and that the kernel it is added to compiles to prefetch
+instructions and computes what onnxruntime does."""
 
 import platform
 
@@ -10,7 +11,7 @@ import tvm_ffi
 from tvm.sym import Analyzer
 
 from pipeline.build import build
-from pipeline.passes.panel_prefetch import CACHE_LINE_BYTES
+from pipeline.passes.panel_prefetch import CACHE_LINE_BYTES, COPY_AHEAD_ANNOTATION, COPY_AHEAD_CHANNELS
 from pipeline.target import resolve_target
 
 from .conftest import conv_model, cpu_scheduled, onnx_file_build_options, tir_loops
@@ -18,10 +19,13 @@ from .conftest import conv_model, cpu_scheduled, onnx_file_build_options, tir_lo
 # Rows of 300 columns (the GEMM's rows 304 positions, 1216 bytes apart), batch 2, 3 input channels.
 LONG_ROWS = ((2, 3, 4, 300), 5, (3, 3), {"pads": [1, 1, 1, 1]})
 FLOATS_PER_LINE = CACHE_LINE_BYTES // 4
+# A Conv1d k1 (no halo: its input panels are copied wide) of 16 channels on 16384 positions: on 2
+# cores 8 panels of 2048 positions, each channel's run in a panel 8 KiB.
+WIDE_COPY = ((1, 16, 16384), 16, (1,), {})
 
 
 def _gemm_kernel(model) -> tvm.tirx.PrimFunc:
-    (kernel,) = [f for gv, f in cpu_scheduled(model).functions.items() if gv.name_hint.startswith("conv_gemm")]
+    (kernel,) = [f for gv, f in cpu_scheduled(model).functions.items() if "conv_gemm" in gv.name_hint]
     return kernel
 
 
@@ -101,6 +105,45 @@ def test_the_prefetches_compile_to_prefetcht1():
 def test_a_conv2d_that_prefetches_is_exact(tmp_path, empty_schedules):
     model, _, _ = conv_model(*LONG_ROWS)
     path = tmp_path / "conv.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = build(onnx_file_build_options(path, tmp_path / "out", empty_schedules))
+    assert result.passed, result.manifest.verification
+
+
+def test_a_wide_panel_copy_prefetches_the_same_positions_channels_ahead():
+    kernel = _gemm_kernel(conv_model(*WIDE_COPY)[0])
+    (prefetch,) = _prefetches(kernel.body)
+    address = prefetch.args[0].args[0]
+    (parallel,) = [loop for loop in tir_loops(kernel) if loop.kind == tvm.tirx.ForKind.PARALLEL]
+    (copy,) = [  # the loop over a channel's vectors, the prefetch first in its body
+        loop
+        for loop in tir_loops(kernel)
+        if isinstance(loop.body, tvm.tirx.SeqStmt) and isinstance(loop.body.seq[0], tvm.tirx.Evaluate)
+    ]
+    (channel,) = [loop for loop in tir_loops(kernel) if loop.body.same_as(copy)]
+    panels, width = int(parallel.extent), 16384 // int(parallel.extent)
+    assert int(channel.extent) == 16 and int(copy.extent) * 16 == width >= 1024  # runs of 4 KiB or more
+    assert COPY_AHEAD_ANNOTATION not in kernel.script()
+    for panel in (0, panels - 1):
+        for c in (0, 7, 8, 15):
+            for vector in (0, int(copy.extent) - 1):
+                values = {parallel.loop_var.name: panel, channel.loop_var.name: c, copy.loop_var.name: vector}
+                indices = [_evaluated(index, values) for index in address.indices]
+                assert indices == [0, min(c + COPY_AHEAD_CHANNELS, 15), panel * width + vector * 16], (values, indices)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [((1, 16, 2048), 16, (1,), {}), ((1, 16, 16384), 16, (3,), {"pads": [1, 1]})],
+    ids=["runs_of_1_kib", "halo"],
+)
+def test_no_copy_prefetch_for_short_runs_or_panels_with_a_halo(case):
+    assert _prefetches(_gemm_kernel(conv_model(*case)[0]).body) == []
+
+
+def test_a_gemm_that_prefetches_its_copy_ahead_is_exact(tmp_path, empty_schedules):
+    model, _, _ = conv_model(*WIDE_COPY)
+    path = tmp_path / "conv1d.onnx"
     path.write_bytes(model.SerializeToString())
     result = build(onnx_file_build_options(path, tmp_path / "out", empty_schedules))
     assert result.passed, result.manifest.verification

@@ -22,6 +22,7 @@ MetaSchedule records, where present, replace it: kernels marked `tirx.is_schedul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
@@ -34,7 +35,12 @@ from .conv_gemm import CONV_STRIDE_ANNOTATION, INPUT_ROW_ANNOTATION
 from .depthwise_conv import ROW_STRIDE_ANNOTATION
 from .kernel_blocks import ceil_div, first_block_named, inline_chain_after, reduction_rank
 from .matmul_gemm import TRANSPOSED_OPERAND_STAGE
-from .panel_prefetch import PanelPrefetch, next_panel_prefetch
+from .panel_prefetch import (
+    COPY_AHEAD_ANNOTATION,
+    COPY_AHEAD_MIN_RUN_BYTES,
+    copy_ahead,
+    next_panel_prefetch,
+)
 
 COLUMN_VECTORS = 2
 
@@ -235,12 +241,15 @@ def _partial_sums(sch: s_tir.Schedule, block, reduction: list) -> tuple:
     return partial, sch.get_loops(block)[-1:]
 
 
-def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int) -> PanelPrefetch | None:
+def _schedule_gemm(
+    sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int
+) -> Callable[[tirx.PrimFunc], tirx.PrimFunc] | None:
     """Also for conv_gemm, whose kernel holds a zero-padding stage before the GEMM (inlined into
     the panel copy) and the fused elementwise ops after it (bias, Snake, residual add), which are
     inlined into one stage computed per tile, while the tile is in cache. Returns what to add to
     the scheduled kernel, which the schedule's primitives cannot write: the prefetch of a GEMM that
-    reads its input in place (panel_prefetch), or None."""
+    reads its input in place (panel_prefetch's PanelPrefetch) or copies it in wide panels
+    (copy_ahead), or None."""
     root_blocks = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
     epilogue = root_blocks[root_blocks.index(name) + 1:]
     block = sch.get_sblock(name)
@@ -339,7 +348,12 @@ def _schedule_gemm(sch: s_tir.Schedule, name: str, unit: VectorUnit, cores: int)
         # ConvTranspose cut into row blocks for the cores); such a copy stays scalar.
         extent = sch.get(innermost).extent
         if own_loop and isinstance(extent, tirx.IntImm) and extent.value % lanes == 0:
-            sch.vectorize(sch.split(innermost, factors=[None, lanes])[1])
+            vectors, vector = sch.split(innermost, factors=[None, lanes])
+            sch.vectorize(vector)
+            run_bytes = columns * subpanels * _element_bytes(data)
+            if copy is panel and subpanels > 1 and not transposed and run_bytes >= COPY_AHEAD_MIN_RUN_BYTES:
+                sch.annotate(vectors, COPY_AHEAD_ANNOTATION, int(data.source.shape[1]))
+                prefetch = copy_ahead
     return prefetch
 
 

@@ -1,5 +1,6 @@
-"""Software prefetch of the next input panel, for the GEMM of a stride-1 Conv2d, which reads its input
-in place (see conv_gemm's _RowLayout and the CPU schedule's _row_stride).
+"""Software prefetch for the CPU GEMMs: of the next input panel, for the GEMM of a stride-1 Conv2d,
+which reads its input in place (see conv_gemm's _RowLayout and the CPU schedule's _row_stride); and,
+in the copy of a wide input panel, of the channel rows ahead of the one copied (copy_ahead).
 
 Each panel of that GEMM reads a short run of positions (its width, 32 with AVX-512, and the taps'
 reach) in each kernel row of each input channel of the flat padded input; kernel row kh reads kh
@@ -40,6 +41,12 @@ from .conv_gemm import KERNEL_ROW_PITCH_ANNOTATION, KERNEL_ROWS_ANNOTATION
 CACHE_LINE_BYTES = 64
 # Kernel rows at least this far apart along the flat input (256 fp32 positions) are prefetched.
 PREFETCH_MIN_ROW_BYTES = 1024
+# The CPU schedule marks with this annotation (its value: the input's channel count) the loop of a
+# wide panel copy that walks one channel's run of positions, vector by vector (see copy_ahead).
+COPY_AHEAD_ANNOTATION = "pipeline_copy_ahead_channels"
+COPY_AHEAD_CHANNELS = 8
+# Copies whose run per channel is at least a page (4 KiB: 1024 fp32 positions) get it.
+COPY_AHEAD_MIN_RUN_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -141,3 +148,50 @@ def next_panel_prefetch(input_stage: s_tir.SBlock, batches: int, width: int, pos
         reach=width + length - positions,
         length=length,
     )
+
+
+def copy_ahead(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with, in every loop marked COPY_AHEAD_ANNOTATION, a prefetch (into L2) of the line
+    that the copy reads COPY_AHEAD_CHANNELS channels further on, at the same position (the last
+    channel's at the last channels: the prefetch stays in the input).
+
+    A wide panel copy (a GEMM without a halo: the residual units' Conv1d k1, every ConvTranspose)
+    reads, channel after channel, a run of positions that is a page of its own where the panel
+    holds 1024 positions, and the hardware prefetchers start over at each (our reading, as above).
+    Kernel times, builds alternated, T = 32: block5's three k1 Conv1d 40.47 -> 38.43 ms, block4's
+    19.27 -> 18.93; the ConvTranspose GEMMs of convt5 21.84 -> 21.35, convt4 20.81 -> 20.50,
+    block4 20.10 -> 19.87, block5 21.09 -> 21.19. In a first test block3's k1 (runs of 2 KiB)
+    gained 1%; 4 channels ahead did a little less than 8 (best times: one of block5's k1 12.46
+    against 12.44 ms, its ConvTranspose 20.98 against 20.61); prefetching the whole next panel
+    while the current one is computed gained nothing."""
+    return tvm_ffi.structural_map(func, (tirx.For, _copy_ahead), order="pre")
+
+
+def _copy_ahead(loop: tirx.For) -> tirx.For:
+    if COPY_AHEAD_ANNOTATION not in loop.annotations:
+        return loop
+    channels = int(loop.annotations[COPY_AHEAD_ANNOTATION])
+    vector_loop = loop.body
+    realize = vector_loop.body
+    bound = dict(zip((iterator.var for iterator in realize.block.iter_vars), realize.iter_values))
+    loads = []
+    tvm_ffi.structural_map(realize.block.body, (tvm.ir.expr.TensorLoad, lambda load: loads.append(load) or load))
+    (load,) = loads
+
+    def value(var: tirx.Var) -> tirx.Expr:
+        if var.same_as(vector_loop.loop_var):
+            return tirx.const(0, str(var.ty))
+        return next((v for iterator, v in bound.items() if iterator.same_as(var)), var)
+
+    # Twice: the block's iterators, then the loop variables their values hold.
+    batch, channel, position = (
+        tvm_ffi.structural_map(tvm_ffi.structural_map(index, (tirx.Var, value)), (tirx.Var, value))
+        for index in load.indices
+    )
+    ahead = tirx.min(channel + COPY_AHEAD_CHANNELS, channels - 1)
+    analyzer = Analyzer()
+    address = tirx.BufferLoad(load.source, [analyzer.simplify(i) for i in (batch, ahead, position)])
+    prefetch = tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", tirx.address_of(address), 0, 2, 1))
+    annotations = {k: v for k, v in loop.annotations.items() if k != COPY_AHEAD_ANNOTATION}
+    body = tirx.SeqStmt([prefetch, loop.body])
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, annotations)

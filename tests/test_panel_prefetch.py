@@ -102,8 +102,9 @@ def test_the_prefetches_compile_to_prefetcht1():
     assert "prefetcht1" in assembly and "prefetcht0" not in assembly
 
 
-def test_a_conv2d_that_prefetches_is_exact(tmp_path, empty_schedules):
-    model, _, _ = conv_model(*LONG_ROWS)
+@pytest.mark.parametrize("case", [LONG_ROWS, WIDE_COPY], ids=["conv2d_next_panel", "conv1d_copy_ahead"])
+def test_a_gemm_that_prefetches_is_exact(case, tmp_path, empty_schedules):
+    model, _, _ = conv_model(*case)
     path = tmp_path / "conv.onnx"
     path.write_bytes(model.SerializeToString())
     result = build(onnx_file_build_options(path, tmp_path / "out", empty_schedules))
@@ -139,11 +140,3 @@ def test_a_wide_panel_copy_prefetches_the_same_positions_channels_ahead():
 )
 def test_no_copy_prefetch_for_short_runs_or_panels_with_a_halo(case):
     assert _prefetches(_gemm_kernel(conv_model(*case)[0]).body) == []
-
-
-def test_a_gemm_that_prefetches_its_copy_ahead_is_exact(tmp_path, empty_schedules):
-    model, _, _ = conv_model(*WIDE_COPY)
-    path = tmp_path / "conv1d.onnx"
-    path.write_bytes(model.SerializeToString())
-    result = build(onnx_file_build_options(path, tmp_path / "out", empty_schedules))
-    assert result.passed, result.manifest.verification

@@ -35,12 +35,7 @@ from .conv_gemm import CONV_STRIDE_ANNOTATION, INPUT_ROW_ANNOTATION
 from .depthwise_conv import ROW_STRIDE_ANNOTATION
 from .kernel_blocks import ceil_div, first_block_named, inline_chain_after, reduction_rank
 from .matmul_gemm import TRANSPOSED_OPERAND_STAGE
-from .panel_prefetch import (
-    COPY_AHEAD_ANNOTATION,
-    COPY_AHEAD_MIN_RUN_BYTES,
-    copy_ahead,
-    next_panel_prefetch,
-)
+from .panel_prefetch import COPY_AHEAD_ANNOTATION, COPY_AHEAD_MIN_RUN_BYTES, copy_ahead, next_panel_prefetch
 
 COLUMN_VECTORS = 2
 

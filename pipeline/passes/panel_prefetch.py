@@ -90,16 +90,7 @@ class PanelPrefetch:
         # The reach's first position may lie anywhere in its line: its last position's line too.
         offsets = sorted({*range(0, self.reach, lanes), self.reach - 1})
         prefetches = [
-            tirx.Evaluate(
-                tirx.call_intrin(
-                    "void",
-                    "tirx.prefetch",
-                    tirx.address_of(self._load_at(batch, channel, tirx.min(start + offset, self.length - 1))),
-                    0,  # for reading
-                    2,  # into L2 (prefetcht1 on x86)
-                    1,  # data
-                )
-            )
+            _prefetch_into_l2(self._load_at(batch, channel, tirx.min(start + offset, self.length - 1)))
             for offset in offsets
         ]
         return tirx.For(
@@ -121,6 +112,12 @@ class PanelPrefetch:
         load = tvm_ffi.structural_map(self.load, (tirx.Var, bound))
         analyzer = Analyzer()
         return tirx.BufferLoad(load.source, [analyzer.simplify(index) for index in load.indices])
+
+
+def _prefetch_into_l2(load: tvm.ir.expr.TensorLoad) -> tirx.Stmt:
+    """A prefetch of the line that `load` reads: for reading, into L2 (prefetcht1 on x86, prfm
+    pldl2keep on AArch64), data."""
+    return tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", tirx.address_of(load), 0, 2, 1))
 
 
 def _element_bytes(load: tvm.ir.expr.TensorLoad) -> int:
@@ -152,8 +149,8 @@ def next_panel_prefetch(input_stage: s_tir.SBlock, batches: int, width: int, pos
 
 def copy_ahead(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """`func` with, in every loop marked COPY_AHEAD_ANNOTATION, a prefetch (into L2) of the line
-    that the copy reads COPY_AHEAD_CHANNELS channels further on, at the same position (the last
-    channel's at the last channels: the prefetch stays in the input).
+    that the copy reads COPY_AHEAD_CHANNELS channels further on, at the same position (clamped to
+    the last channel, so that it never leaves the input).
 
     A wide panel copy (a GEMM without a halo: the residual units' Conv1d k1, every ConvTranspose)
     reads, channel after channel, a run of positions that is a page of its own where the panel
@@ -190,8 +187,9 @@ def _copy_ahead(loop: tirx.For) -> tirx.For:
     )
     ahead = tirx.min(channel + COPY_AHEAD_CHANNELS, channels - 1)
     analyzer = Analyzer()
-    address = tirx.BufferLoad(load.source, [analyzer.simplify(i) for i in (batch, ahead, position)])
-    prefetch = tirx.Evaluate(tirx.call_intrin("void", "tirx.prefetch", tirx.address_of(address), 0, 2, 1))
+    prefetch = _prefetch_into_l2(
+        tirx.BufferLoad(load.source, [analyzer.simplify(index) for index in (batch, ahead, position)])
+    )
     annotations = {k: v for k, v in loop.annotations.items() if k != COPY_AHEAD_ANNOTATION}
     body = tirx.SeqStmt([prefetch, loop.body])
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, annotations)

@@ -104,14 +104,22 @@ class PanelPrefetch:
     def _load_at(self, batch, channel, position) -> tvm.ir.expr.TensorLoad:
         """The input stage's load at (batch, channel, position), its indices simplified (the
         channel's (input channel, kernel row) split folds away)."""
-        values = (batch, channel, position)
+        load = _substituted(self.load, self.iterators, (batch, channel, position))
+        return _simplified_load(load.source, load.indices)
 
-        def bound(var: tirx.Var) -> tirx.Expr:
-            return next((value for iterator, value in zip(self.iterators, values) if iterator.same_as(var)), var)
 
-        load = tvm_ffi.structural_map(self.load, (tirx.Var, bound))
-        analyzer = Analyzer()
-        return tirx.BufferLoad(load.source, [analyzer.simplify(index) for index in load.indices])
+def _substituted(expr, variables, values):
+    """`expr` with each of `variables` replaced by its value."""
+
+    def value(var: tirx.Var) -> tirx.Expr:
+        return next((v for variable, v in zip(variables, values) if variable.same_as(var)), var)
+
+    return tvm_ffi.structural_map(expr, (tirx.Var, value))
+
+
+def _simplified_load(source, indices) -> tvm.ir.expr.TensorLoad:
+    analyzer = Analyzer()
+    return tirx.BufferLoad(source, [analyzer.simplify(index) for index in indices])
 
 
 def _prefetch_into_l2(load: tvm.ir.expr.TensorLoad) -> tirx.Stmt:
@@ -170,26 +178,16 @@ def _copy_ahead(loop: tirx.For) -> tirx.For:
     channels = int(loop.annotations[COPY_AHEAD_ANNOTATION])
     vector_loop = loop.body
     realize = vector_loop.body
-    bound = dict(zip((iterator.var for iterator in realize.block.iter_vars), realize.iter_values))
     loads = []
-    tvm_ffi.structural_map(realize.block.body, (tvm.ir.expr.TensorLoad, lambda load: loads.append(load) or load))
+    tvm_ffi.structural_walk(realize.block.body, [(tvm.ir.expr.TensorLoad, loads.append)])
     (load,) = loads
-
-    def value(var: tirx.Var) -> tirx.Expr:
-        if var.same_as(vector_loop.loop_var):
-            return tirx.const(0, str(var.ty))
-        return next((v for iterator, v in bound.items() if iterator.same_as(var)), var)
-
-    # Twice: the block's iterators, then the loop variables their values hold.
-    batch, channel, position = (
-        tvm_ffi.structural_map(tvm_ffi.structural_map(index, (tirx.Var, value)), (tirx.Var, value))
-        for index in load.indices
-    )
+    # At each vector's first lane: with AVX-512 a vector is a 64-byte line, asked for once.
+    first_lane = tirx.const(0, str(vector_loop.loop_var.ty))
+    values = [_substituted(value, [vector_loop.loop_var], [first_lane]) for value in realize.iter_values]
+    iterators = [iterator.var for iterator in realize.block.iter_vars]
+    batch, channel, position = (_substituted(index, iterators, values) for index in load.indices)
     ahead = tirx.min(channel + COPY_AHEAD_CHANNELS, channels - 1)
-    analyzer = Analyzer()
-    prefetch = _prefetch_into_l2(
-        tirx.BufferLoad(load.source, [analyzer.simplify(index) for index in (batch, ahead, position)])
-    )
+    prefetch = _prefetch_into_l2(_simplified_load(load.source, (batch, ahead, position)))
     annotations = {k: v for k, v in loop.annotations.items() if k != COPY_AHEAD_ANNOTATION}
     body = tirx.SeqStmt([prefetch, loop.body])
     return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, annotations)

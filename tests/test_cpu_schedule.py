@@ -215,6 +215,30 @@ def test_the_epilogue_of_a_one_chunk_gemm_reads_its_register_tile(tmp_path, empt
     assert build(onnx_file_build_options(path, tmp_path / "out", empty_schedules)).passed
 
 
+def test_a_conv1d_with_taps_copies_wide_panels_with_their_halo(tmp_path, empty_schedules):
+    """A Conv1d k7 of dilation 3 (16 channels, 8192 positions) on 2 cores: each copied panel holds
+    32 micro-kernel panels of 32 positions and the halo (18) in one run per channel, copied once,
+    where it held one micro-kernel panel (50 positions: the halo copied again for every 32)."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 16, 7)).astype(np.float32) / 10
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], dilations=[3], pads=[9, 9])],
+        "dilated_k7",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8192])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8192])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    two_cores = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+    (kernel,) = [f for gv, f in cpu_scheduled(model, two_cores).functions.items() if "conv_gemm" in gv.name_hint]
+    sch = tvm.s_tir.Schedule(kernel)
+    *_, channels, positions = sch.get_loops(sch.get_sblock("conv_pad_global"))
+    assert (int(sch.get(channels).extent), int(sch.get(positions).extent)) == (16, 32 * 32 + 18)
+    path = tmp_path / "dilated_k7.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert build(onnx_file_build_options(path, tmp_path / "out", empty_schedules)).passed
+
+
 def _conv_silu_conv_model():
     """Conv2d 3 x 3, SiLU, Conv2d 3 x 3 on 16 x 16: the SiLU lands in the second Conv2d's padding
     kernel, whose padded rows (18) are not whole vectors."""

@@ -15,8 +15,9 @@ AVX-512, 4 rows x 2 vectors of 8 with AVX2. The outermost, parallel loop is:
   because input rows a power-of-two apart collide in the same cache sets (without the copy
   convt5's GEMM ran at 19 GFLOP/s, with it 76-88). Where that loop is too short for the cores
   (few positions on many cores), the row blocks are made smaller (_tiles_per_block).
-  Without a halo (ConvTranspose, Conv1d k1) a panel spans several micro-kernel panels, stored one
-  after another, so the copy and the epilogue walk long runs of each row (see PANEL_BUDGET_BYTES).
+  A panel spans several micro-kernel panels, so the copy and the epilogue walk long runs of each
+  row: without a halo (ConvTranspose, Conv1d k1) stored one after another (PANEL_BUDGET_BYTES),
+  with one (a Conv1d k7) as one run per channel (HALO_PANEL_BUDGET_BYTES).
 MetaSchedule records, where present, replace it: kernels marked `tirx.is_scheduled` are left alone.
 """
 
@@ -91,6 +92,14 @@ MIN_TILES_PER_BLOCK = 32
 # 12.6; block4's k1 6.9 -> 4.0, block3's 4.1 -> 3.4. 256 KiB was as good on block4 and slower on
 # block5, 1 MiB slower on block4.
 PANEL_BUDGET_BYTES = 512 << 10
+# A stride-1 Conv1d with taps reads past its panel's edge (a halo), so its panel holds the
+# subpanels' positions and the halo in one run per channel (not subpanel after subpanel) and the
+# copy reads the halo once per panel instead of once per subpanel; the subpanels' rows then lie
+# further apart in the copy. Kernel times of the k7 Conv1d at T = 32, builds alternated, one
+# subpanel -> this budget: block5 (128 channels, 8 subpanels) 71.9 -> 69.3 ms (dilation 1), 74.7
+# -> 69.9 (3), 73.7 -> 70.2 (9); block4 (256 channels, 4 subpanels, dilation 9) 37.2 -> 35.1 (64
+# KiB 35.4, 256 35.3, 512 36.0); block3 (512 channels, 2 subpanels) 34.3 -> 34.3 (64 KiB 33.9).
+HALO_PANEL_BUDGET_BYTES = 128 << 10
 MIN_PANELS_PER_CORE = 4
 # The share of the cores' time the panels of a GEMM must keep busy (see _subpanels).
 MIN_PANEL_BALANCE = 0.95
@@ -167,15 +176,15 @@ def weight_streams(row_tile: int, unit: VectorUnit) -> int:
     return max(1, unit.registers // row_tile)
 
 
-def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int) -> int:
+def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int, budget: int = PANEL_BUDGET_BYTES) -> int:
     """How many micro-kernel column panels one copied input panel holds: a power of two that
-    divides the column tiles, keeps the copy within PANEL_BUDGET_BYTES and leaves at least
+    divides the column tiles, keeps the copy within `budget` bytes and leaves at least
     MIN_PANELS_PER_CORE panels, the parallel loop, per core, spread evenly enough over the cores
     (MIN_PANEL_BALANCE). A Linear layer's 1152 columns (36 column tiles of 384 channels) in 9
     panels of 4 left one of 2 cores idle a ninth of the time: 1.19 ms, in 18 panels 1.08."""
     count = 1
     while (
-        2 * count * subpanel_bytes <= PANEL_BUDGET_BYTES
+        2 * count * subpanel_bytes <= budget
         and column_tiles % (2 * count) == 0
         and column_tiles // (2 * count) >= MIN_PANELS_PER_CORE * cores
         and _balanced(column_tiles // (2 * count), cores, MIN_PANEL_BALANCE)
@@ -259,6 +268,7 @@ def _schedule_gemm(
     batches = _extent(sch, batch)
     rows_outside = L2_BUDGET_BYTES >= _bytes(data) and _bytes(packed_weight) > _bytes(data)
     position_count = _extent(sch, positions)
+    halo = int(data.source.shape[-1]) - position_count
     tile = micro_kernel(position_count, row_tile, unit)
     columns, lanes, micro_rows = tile.columns, tile.lanes, tile.rows
     streams = weight_streams(row_tile, unit)
@@ -280,11 +290,16 @@ def _schedule_gemm(
         sch.reorder(batch, row_tiles, panels, *row_parts, *reduction, row, column)
     else:
         channels = int(packed_weight.source.shape[2])
-        # A Conv1d with taps reads past its panel's edge (a halo), and its panels cannot be cut
-        # into disjoint subpanels; its k7 GEMMs measured no faster with wide copied panels anyway.
-        halo_free = int(data.source.shape[-1]) == position_count
-        subpanel_bytes = channels * columns * _element_bytes(data)
-        subpanels = _subpanels(position_count // columns, subpanel_bytes, cores) if halo_free else 1
+        if halo == 0:
+            subpanel_bytes = channels * columns * _element_bytes(data)
+            subpanels = _subpanels(position_count // columns, subpanel_bytes, cores)
+        # Not a Conv2d's GEMM, whose stage reads its rows in place or in phases (see _row_stride),
+        # nor a strided Conv1d, whose input is not its positions and a halo.
+        elif _conv_rows_stage(sch, padding) is None and halo < position_count:
+            subpanel_bytes = int(data.source.shape[1]) * columns * _element_bytes(data)
+            subpanels = _subpanels(position_count // columns, subpanel_bytes, cores, HALO_PANEL_BUDGET_BYTES)
+        else:
+            subpanels = 1
         panels, subpanel, column = sch.split(positions, factors=[None, subpanels, columns])
         tiles_per_block = _tiles_per_block(
             _extent(sch, row_tiles),
@@ -312,7 +327,8 @@ def _schedule_gemm(
     for stage in padding:
         sch.compute_inline(stage)
     if panel is not None:
-        _place_panel(sch, panel, block, rows_outside, subpanels, columns, stride)
+        # With a halo the subpanels overlap: the panel stays one run per channel.
+        _place_panel(sch, panel, block, rows_outside, subpanels if halo == 0 else 1, columns, stride)
         if transposed:
             _copy_transposed(sch, panel)
     tile_loop = row_parts[0] if row_parts else inner
@@ -346,7 +362,7 @@ def _schedule_gemm(
             vectors, vector = sch.split(innermost, factors=[None, lanes])
             sch.vectorize(vector)
             run_bytes = columns * subpanels * _element_bytes(data)
-            if copy is panel and subpanels > 1 and not transposed and run_bytes >= COPY_AHEAD_MIN_RUN_BYTES:
+            if copy is panel and subpanels > 1 and not halo and not transposed and run_bytes >= COPY_AHEAD_MIN_RUN_BYTES:
                 sch.annotate(vectors, COPY_AHEAD_ANNOTATION, int(data.source.shape[1]))
                 prefetch = copy_ahead
     return prefetch

@@ -99,6 +99,8 @@ PANEL_BUDGET_BYTES = 512 << 10
 # subpanel -> this budget: block5 (128 channels, 8 subpanels) 71.9 -> 69.3 ms (dilation 1), 74.7
 # -> 69.9 (3), 73.7 -> 70.2 (9); block4 (256 channels, 4 subpanels, dilation 9) 37.2 -> 35.1 (64
 # KiB 35.4, 256 35.3, 512 36.0); block3 (512 channels, 2 subpanels) 34.3 -> 34.3 (64 KiB 33.9).
+# With the AVX2 micro-kernel (target znver3 on the same machine: 16 subpanels of 16 positions),
+# block5's (dilation 1) 86.2 -> 83.9 ms.
 HALO_PANEL_BUDGET_BYTES = 128 << 10
 MIN_PANELS_PER_CORE = 4
 # The share of the cores' time the panels of a GEMM must keep busy (see _subpanels).

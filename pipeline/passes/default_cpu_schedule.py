@@ -39,6 +39,8 @@ from .matmul_gemm import TRANSPOSED_OPERAND_STAGE
 from .panel_prefetch import COPY_AHEAD_ANNOTATION, COPY_AHEAD_MIN_RUN_BYTES, copy_ahead, next_panel_prefetch
 
 COLUMN_VECTORS = 2
+# The rows of a micro-kernel that streams several row tiles of its weight (see weight_streams).
+STREAM_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -169,13 +171,25 @@ def micro_kernel(positions: int, row_tile: int, unit: VectorUnit) -> MicroKernel
     return MicroKernel(rows, lanes * vectors, lanes)
 
 
-def weight_streams(row_tile: int, unit: VectorUnit) -> int:
+def weight_streams(row_tile: int) -> int:
     """Where the GEMM streams its weight from memory once (rows outermost) over few positions, one
-    micro-kernel takes this many row tiles, i.e. weight streams 64 KB apart, and one vector of
-    positions: one accumulator per register. With AVX-512, 4 streams: convt1's GEMM (16384 x 2048
-    weight) at 8 positions 7.4 -> 3.8 ms, at 16 9.1 -> 4.4, at 32 10.4 -> 8.2 (2, 3, 6 and 8
-    streams: slower). With AVX2, 2 streams: at 8 positions 7.3 -> 5.9-6.7 ms (4 streams: 7.8)."""
-    return max(1, unit.registers // row_tile)
+    micro-kernel takes this many row tiles, i.e. weight streams a row tile's weight apart, and one
+    vector of positions: STREAM_ROWS accumulators. First measured on a Rocket Lake (AVX-512) and a
+    Zen 3 (AVX2) on convt1's GEMM (16384 x 2048 weight) alone, one accumulator per register then
+    won: with AVX-512 4 streams, at 8 positions 7.4 -> 3.8 ms (1 stream -> 4), at 16 9.1 -> 4.4,
+    at 32 10.4 -> 8.2; with AVX2 2 streams, at 8 positions 7.3 -> 5.9-6.7 ms (4 streams: 7.8).
+    On a Zen 4, the Conv1d of the first Oobleck block (1024 channels) ran far slower with 4 streams
+    than with 2: the 32 accumulators leave the input vector no register and LLVM keeps two of them
+    on the stack, loaded and stored every step. Kernel times (builds alternated), 4 -> 2 streams:
+    block1's k7 at T = 1 (8 positions) 1.05 / 0.99 / 0.91 -> 0.79 / 0.71 / 0.80 ms, its k1 0.27 ->
+    0.09; at T = 4 (32 positions) the k7 3.67 -> 2.37, the k1 0.50 -> 0.31; convt1's GEMM 3.56 ->
+    3.64 at T = 1, 4.27 -> 4.45 at T = 4. In the decoder, where each weight comes from memory once
+    per call: block1's k7 3.01 / 3.04 / 3.03 -> 2.21 / 2.23 / 2.40 ms at T = 4, 1.03 / 1.07 / 1.11
+    -> 0.94 / 0.94 / 1.00 at T = 1 (in a second run 0.05-0.07 ms faster each), convt1's GEMM 3.74
+    -> 3.76 (T = 1). A DCGAN's ConvTranspose GEMMs (alone, batch 1 and 16): from the latent (one
+    position, no vector) 0.024 -> 0.036 and 0.37 -> 0.59 ms, the next 0.345 -> 0.313 and 5.82 ->
+    5.20. Arm's 32 NEON registers had taken 4 streams too; not measured there."""
+    return max(1, STREAM_ROWS // row_tile)
 
 
 def _subpanels(column_tiles: int, subpanel_bytes: int, cores: int, budget: int = PANEL_BUDGET_BYTES) -> int:
@@ -273,7 +287,7 @@ def _schedule_gemm(
     halo = int(data.source.shape[-1]) - position_count
     tile = micro_kernel(position_count, row_tile, unit)
     columns, lanes, micro_rows = tile.columns, tile.lanes, tile.rows
-    streams = weight_streams(row_tile, unit)
+    streams = weight_streams(row_tile)
     tiles_per_group = int(packed_weight.source.shape[1])
     if rows_outside and position_count < unit.streaming_below and tiles_per_group % streams == 0:
         columns, micro_rows = lanes, row_tile * streams

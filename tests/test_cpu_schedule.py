@@ -66,9 +66,21 @@ def test_a_short_row_tile_gets_more_vectors():
 
 
 def test_weight_streams_leave_registers_for_the_input():
+    """A Conv1d k3 of 256 channels on 8 positions streams its weight: its micro-kernel unrolls 2
+    row tiles (16 accumulators of one vector), not 4 (32: every AVX-512 register, the input vector
+    then had none and two accumulators lived on the stack)."""
     assert weight_streams(8) == 2
-    assert weight_streams(8) * 8 < AVX512.registers
-    assert weight_streams(16) == 1
+    weight = np.random.default_rng(0).standard_normal((256, 256, 3)).astype(np.float32) / 30
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1])],
+        "k3_on_8_positions",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 8])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    scheduled = cpu_scheduled(model, {"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+    assert set(unrolled_extents(scheduled, "conv_gemm")) == {2 * 8, 1}
 
 
 def test_a_panel_grows_to_the_budget():

@@ -98,9 +98,10 @@ PANEL_BUDGET_BYTES = 512 << 10
 # subpanels' positions and the halo in one run per channel (not subpanel after subpanel) and the
 # copy reads the halo once per panel instead of once per subpanel; the subpanels' rows then lie
 # further apart in the copy. Kernel times of the k7 Conv1d at T = 32, builds alternated, one
-# subpanel -> this budget: block5 (128 channels, 8 subpanels) 71.9 -> 69.3 ms (dilation 1), 74.7
-# -> 69.9 (3), 73.7 -> 70.2 (9); block4 (256 channels, 4 subpanels, dilation 9) 37.2 -> 35.1 (64
-# KiB 35.4, 256 35.3, 512 36.0); block3 (512 channels, 2 subpanels) 34.3 -> 34.3 (64 KiB 33.9).
+# subpanel -> this budget: block5 (128 channels, 8 subpanels), dilation 1 / 3 / 9, 74.4 / 74.5 /
+# 76.3 -> 71.5 / 71.2 / 71.8 ms, in the decoder 71.4 / 71.2 / 72.5 -> 68.7 / 67.9 / 68.7; block4
+# (256 channels, 4 subpanels, dilation 9) 37.2 -> 35.1 (64 KiB 35.4, 256 35.3, 512 36.0); block3
+# (512 channels, 2 subpanels) 34.3 -> 34.3 (64 KiB 33.9).
 # With the AVX2 micro-kernel (target znver3 on the same machine: 16 subpanels of 16 positions),
 # block5's (dilation 1) 86.2 -> 83.9 ms.
 HALO_PANEL_BUDGET_BYTES = 128 << 10

@@ -1,10 +1,10 @@
-"""Conv2d, and grouped Conv1d and Conv2d, lowered to our GEMM (`pipeline/passes/conv_gemm.py`):
+"""Conv2d, Conv1d and grouped Conv1d and Conv2d, lowered to our GEMM (`pipeline/passes/conv_gemm.py`):
 every attribute combination we rewrite equals onnxruntime and the float64 numpy reference."""
 
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import reference
@@ -71,6 +71,38 @@ def conv2d_cases(draw):
 @given(case=conv2d_cases())
 def test_random_conv2d_equals_onnxruntime_and_numpy(case, tmp_path_factory, empty_schedules):
     _build_and_compare(tmp_path_factory.mktemp("conv2d"), empty_schedules, *case)
+
+
+@st.composite
+def conv1d_cases(draw):
+    """Shapes that reach the CPU GEMM's branches: wide panels with a halo (thousands of positions,
+    "same" padding keeping them whole vectors), weights streamed over few positions (many channels,
+    few positions), strides, groups, dilations, uneven pads."""
+    few_positions = draw(st.booleans())
+    group = draw(st.sampled_from([1, 1, 2]))
+    cin = group * draw(st.sampled_from([128, 256] if few_positions else [2, 8, 24]))
+    cout = group * draw(st.sampled_from([64, 128] if few_positions else [2, 8, 16]))
+    kernel, dilation, stride = draw(st.integers(1, 7)), draw(st.integers(1, 9)), draw(st.sampled_from([1, 1, 2, 3]))
+    reach = (kernel - 1) * dilation + 1
+    length = draw(st.integers(4, 64) if few_positions else st.sampled_from([1024, 2048, 4096]))
+    if stride == 1 and draw(st.booleans()):  # "same" padding: as many positions out as in
+        begin = draw(st.integers(0, reach - 1))
+        pads = [begin, reach - 1 - begin]
+    else:
+        pads = [draw(st.integers(0, reach - 1)), draw(st.integers(0, reach - 1))]
+    if length + sum(pads) < reach:
+        pads[1] += reach - length - sum(pads)
+    attrs = {"strides": [stride], "dilations": [dilation], "pads": pads, "group": group}
+    return (draw(st.integers(1, 2)), cin, length), cout, (kernel,), attrs
+
+
+@settings(max_examples=16, deadline=None)
+@given(case=conv1d_cases())
+# Wide panels with a halo of 18 (16 subpanels on 2 cores); 8 positions, the weight streamed.
+@example(case=((1, 24, 4096), 16, (7,), {"dilations": [3], "pads": [9, 9]}))
+@example(case=((2, 256, 8), 128, (7,), {"dilations": [9], "pads": [27, 27]}))
+def test_random_conv1d_equals_onnxruntime_and_numpy(case, tmp_path_factory, empty_schedules):
+    _build_and_compare(tmp_path_factory.mktemp("conv1d"), empty_schedules, *case)
 
 
 @pytest.mark.parametrize(("rows", "width"), [(128, 130), (9, 13), (1, 1), (7, 31), (33, 17)])

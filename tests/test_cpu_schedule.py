@@ -26,6 +26,7 @@ from pipeline.target import resolve_target
 
 from .conftest import (
     KERNEL_EQUALS_STRIDE,
+    conv_model,
     convt_bn_relu_model,
     cpu_scheduled,
     onnx_file_build_options,
@@ -70,15 +71,7 @@ def test_weight_streams_leave_registers_for_the_input():
     row tiles (16 accumulators of one vector), not 4 (32: every AVX-512 register, the input vector
     then had none and two accumulators lived on the stack)."""
     assert weight_streams(8) == 2
-    weight = np.random.default_rng(0).standard_normal((256, 256, 3)).astype(np.float32) / 30
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1])],
-        "k3_on_8_positions",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 8])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    model, _, _ = conv_model((1, 256, 8), 256, (3,), {"pads": [1, 1]})
     scheduled = cpu_scheduled(model, {"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
     assert set(unrolled_extents(scheduled, "conv_gemm")) == {2 * 8, 1}
 
@@ -232,16 +225,7 @@ def test_a_conv1d_with_taps_copies_wide_panels_with_their_halo(tmp_path, empty_s
     """A Conv1d k7 of dilation 3 (16 channels, 8192 positions) on 2 cores: each copied panel holds
     32 micro-kernel panels of 32 positions and the halo (18) in one run per channel, copied once,
     where it held one micro-kernel panel (50 positions: the halo copied again for every 32)."""
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((16, 16, 7)).astype(np.float32) / 10
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], dilations=[3], pads=[9, 9])],
-        "dilated_k7",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8192])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8192])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    model, _, _ = conv_model((1, 16, 8192), 16, (7,), {"dilations": [3], "pads": [9, 9]})
     two_cores = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
     (kernel,) = [f for gv, f in cpu_scheduled(model, two_cores).functions.items() if "conv_gemm" in gv.name_hint]
     sch = tvm.s_tir.Schedule(kernel)

@@ -327,6 +327,9 @@ def _schedule_gemm(
         row_blocks, row_tiles = sch.split(row_tiles, factors=[None, tiles_per_block])
         inner = subpanel
         sch.reorder(row_blocks, batch, panels, row_tiles, subpanel, *row_parts, *reduction, row, column)
+    # Subpanels stored one after another in the copy; with a halo they overlap, and the panel stays
+    # one run per channel.
+    stacked_subpanels = subpanels if halo == 0 else 1
     sch.parallel(sch.fuse(batch, row_tiles) if rows_outside else sch.fuse(row_blocks, batch, panels))
     if chunked:
         # Each chunk's sum is computed where the tile adds it, in a register tile of its own.
@@ -344,8 +347,7 @@ def _schedule_gemm(
     for stage in padding:
         sch.compute_inline(stage)
     if panel is not None:
-        # With a halo the subpanels overlap: the panel stays one run per channel.
-        _place_panel(sch, panel, block, rows_outside, subpanels if halo == 0 else 1, columns, stride)
+        _place_panel(sch, panel, block, rows_outside, stacked_subpanels, columns, stride)
         if transposed:
             _copy_transposed(sch, panel)
     tile_loop = row_parts[0] if row_parts else inner
@@ -379,7 +381,7 @@ def _schedule_gemm(
             vectors, vector = sch.split(innermost, factors=[None, lanes])
             sch.vectorize(vector)
             run_bytes = columns * subpanels * _element_bytes(data)
-            if copy is panel and subpanels > 1 and not halo and not transposed and run_bytes >= COPY_AHEAD_MIN_RUN_BYTES:
+            if copy is panel and stacked_subpanels > 1 and not transposed and run_bytes >= COPY_AHEAD_MIN_RUN_BYTES:
                 sch.annotate(vectors, COPY_AHEAD_ANNOTATION, int(data.source.shape[1]))
                 prefetch = copy_ahead
     return prefetch

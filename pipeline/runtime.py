@@ -89,8 +89,8 @@ class Model:
         self.manifest = manifest
         self.device = tvm.device(device)
         try:
-            library = tvm.runtime.load_module(str(path / manifest.library))
-            self._vm = relax.VirtualMachine(library, self.device)
+            self._library = tvm.runtime.load_module(str(path / manifest.library))
+            self._vm = relax.VirtualMachine(self._library, self.device)
         except Exception as exc:  # TVM raises its own error types for unloadable libraries
             raise ArtifactError(f"cannot load {path / manifest.library} on {device}: {exc}; rebuild the artifact") from exc
         with np.load(path / PARAMS) as stored:
@@ -169,6 +169,40 @@ class Model:
             result = on_kernel_thread(lambda: evaluator(*args))
         per_call = [t * 1e3 for t in result.results]
         return Timing(statistics.median(per_call), min(per_call), max(per_call), repeats)
+
+    def kernel_times(self, inputs: list[np.ndarray], calls: int) -> list[dict[str, tuple[int, float]]]:
+        """For each of `calls` calls (after one warm-up call), what the VM called in it: function
+        symbol -> (launches, milliseconds summed over them), timed around each launch. The device is
+        synchronized before and after every launch, so GPU kernels do not overlap and each time
+        includes its launch. Runs on a VM of its own: this model's calls are not instrumented."""
+        args = [*self._device_inputs(inputs), *self._params]
+        vm = relax.VirtualMachine(self._library, self.device)
+        started: dict[str, float] = {}
+        current: dict[str, tuple[int, float]] = {}
+
+        def instrument(_func, symbol: str, before_run: bool, _ret, *_args) -> int:
+            self.device.sync()
+            now = time.perf_counter()
+            if before_run:
+                started[symbol] = now
+            else:
+                launches, ms = current.get(symbol, (0, 0.0))
+                current[symbol] = (launches + 1, ms + (now - started.pop(symbol)) * 1e3)
+            return int(relax.VMInstrumentReturnKind.NO_OP)
+
+        vm.set_instrument(instrument)
+        per_call = []
+
+        def timed_calls():
+            vm["main"](*args)
+            for _ in range(calls):
+                current.clear()
+                vm["main"](*args)
+                per_call.append(dict(current))
+
+        with self._vm_lock:
+            on_kernel_thread(timed_calls)
+        return per_call
 
 
 def chunk_starts(length: int, chunk: int, overlap: int) -> list[int]:

@@ -8,11 +8,11 @@ import logging
 import sys
 
 from ..errors import PipelineError
-from . import bench, build, conformance, graphs, run, tune, verify
+from . import bench, build, conformance, graphs, profile, run, tune, verify
 
 VERBS = {
     "graphs": graphs, "build": build, "tune": tune, "verify": verify, "run": run, "bench": bench,
-    "conformance": conformance,
+    "profile": profile, "conformance": conformance,
 }
 
 

@@ -37,8 +37,8 @@ from tvm import s_tir, tirx
 from tvm.sym import Analyzer
 
 from .conv_gemm import KERNEL_ROW_PITCH_ANNOTATION, KERNEL_ROWS_ANNOTATION
+from .matmul_gemm import CACHE_LINE_BYTES
 
-CACHE_LINE_BYTES = 64
 # Kernel rows at least this far apart along the flat input (256 fp32 positions) are prefetched.
 PREFETCH_MIN_ROW_BYTES = 1024
 # The CPU schedule marks with this annotation (its value: the input's channel count) the loop of a

@@ -24,7 +24,7 @@ from .artifact import ARTIFACTS_DIR, package_versions
 from .build import BuildOptions, build
 from .cpu_threads import tvm_threads
 from .errors import DeviceError, GraphError, TargetError
-from .graphs import GraphSelection, useful_flops
+from .graphs import GraphSelection, graph_info, load_config, useful_flops
 from .runtime import Model, Timing, load, time_calls
 from .target import TargetSpec, cpu_model_name, cpuinfo_flags, host_cores, resolve_target
 from .tuning import SCHEDULES_DIR
@@ -105,6 +105,9 @@ class BenchReport:
     versions: dict = field(default_factory=package_versions)
     # What the CPU's FMA units can do (fma_peak), for "% FMA peak"; None on a GPU.
     fma_peak_gflops: float | None = None
+    # The graphs not measured yet: the report is written after every graph, so a run cut short
+    # (Ctrl-C, a machine's time limit) leaves the rows it finished; empty once the run is done.
+    pending: list[str] = field(default_factory=list)
 
 
 def measure_peak(target: TargetSpec) -> cpu_peak.Peak:
@@ -185,6 +188,14 @@ def _selections(options: BenchOptions) -> list[GraphSelection]:
     selections += [GraphSelection(onnx=Path(path), input_shapes=options.input_shapes) for path in options.onnx_files]
     if not selections:
         raise GraphError("nothing to bench: name a graph (--graph) or an ONNX file (--onnx)")
+    # A misspelt name or path says so before the first graph is built and timed, not after.
+    if options.graphs:
+        config = load_config(options.config)
+        for name in options.graphs:
+            graph_info(config, name)
+    for path in options.onnx_files:
+        if not Path(path).is_file():
+            raise GraphError(f"ONNX file {path} does not exist")
     return selections
 
 
@@ -247,31 +258,44 @@ def bench(options: BenchOptions) -> BenchReport:
     log.info("peak: %.1f GFLOP/s (%s, best of 5)", peak_before.gflops, peak_before.what)
     fma_loop = fma_peak.compile_fma_loop(target) if target.kind == "llvm" else None
     fma_before = _measure_fma_peak(fma_loop)
-    rows, described = [], ""
-    for selection in selections:
-        row, described = _bench_graph(selection, options, target, baseline_name)
-        log.info("%s: ours %.2f ms, %s %.2f ms, ratio %.2f", row.graph, row.tvm.median_ms, baseline_name,
-                 row.baseline.median_ms, row.ratio_to_baseline)
-        rows.append(row)
-    # A busy neighbour during one measurement of the peak would inflate every "% peak": measured
-    # again after the graphs, the better of the two counts (on a shared 2-core VM one run read 102
-    # GFLOP/s where others read 169-188, and the table showed 125-171% of it).
-    peak_after = measure_peak(target)
-    log.info("peak again: %.1f GFLOP/s (%s)", peak_after.gflops, peak_after.what)
-    peak = max(peak_before, peak_after, key=lambda p: p.gflops)
-    fma_after = _measure_fma_peak(fma_loop)
     report = BenchReport(
-        rows, described, peak.gflops, peak.what, machine=_machine(target),
+        [], baseline_name, peak_before.gflops, peak_before.what,
+        machine=_machine(target),
         settings={"config": options.config if options.graphs else None,
                   "latent_frames": options.latent_frames if options.graphs else None,
                   "onnx_files": [str(path) for path in options.onnx_files],
                   "input_shapes": {name: list(shape) for name, shape in options.input_shapes.items()},
                   "target": target.key,
                   "repeats": options.repeats},
-        fma_peak_gflops=None if fma_before is None else max(fma_before, fma_after),
+        fma_peak_gflops=fma_before,
+        pending=[_row_name(selection) for selection in selections],
     )
+    # Until the run ends, the folder holds this run's rows so far, not a figure of an earlier run.
+    write_report(report, options.out, figure=False)
+    (options.out / "bench.png").unlink(missing_ok=True)
+    for selection in selections:
+        row, report.baseline = _bench_graph(selection, options, target, baseline_name)
+        log.info("%s: ours %.2f ms, %s %.2f ms, ratio %.2f", row.graph, row.tvm.median_ms, baseline_name,
+                 row.baseline.median_ms, row.ratio_to_baseline)
+        report.rows.append(row)
+        report.pending.pop(0)
+        write_report(report, options.out, figure=False)
+    # A busy neighbour during one measurement of the peak would inflate every "% peak": measured
+    # again after the graphs, the better of the two counts (on a shared 2-core VM one run read 102
+    # GFLOP/s where others read 169-188, and the table showed 125-171% of it).
+    peak_after = measure_peak(target)
+    log.info("peak again: %.1f GFLOP/s (%s)", peak_after.gflops, peak_after.what)
+    peak = max(peak_before, peak_after, key=lambda p: p.gflops)
+    report.peak_gflops, report.peak = peak.gflops, peak.what
+    if fma_before is not None:
+        report.fma_peak_gflops = max(fma_before, _measure_fma_peak(fma_loop))
     write_report(report, options.out)
     return report
+
+
+def _row_name(selection: GraphSelection) -> str:
+    """The name of a graph's row: the named graph, or the ONNX file's name without .onnx."""
+    return selection.graph if selection.graph is not None else Path(selection.onnx).stem
 
 
 def _short(baseline: str) -> str:
@@ -319,16 +343,21 @@ def markdown_table(report: BenchReport) -> str:
             f"**{r.ratio_to_baseline:.2f}×** | {ours:.1f} | {100 * ours / report.peak_gflops:.0f}% |{fma_share} "
             f"{r.gflops(r.baseline):.1f} | {r.baseline_max_rel_error:.1e} | {stock} | {r.tuned_kernels} |"
         )
+    if report.pending:
+        lines += ["", f"Partial: not measured yet (the run stopped or is still going): {', '.join(report.pending)}."]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: BenchReport, out: Path) -> None:
+def write_report(report: BenchReport, out: Path, figure: bool = True) -> None:
+    """bench.json and bench.md into `out`; with `figure`, bench.png too (where matplotlib is installed)."""
     out.mkdir(parents=True, exist_ok=True)
     data = dataclasses.asdict(report)
     for row, raw in zip(report.rows, data["rows"]):
         raw["ratio_to_baseline"] = row.ratio_to_baseline
     (out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / "bench.md").write_text(markdown_table(report))
+    if not figure:
+        return
     try:
         import matplotlib
 

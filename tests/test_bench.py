@@ -28,6 +28,33 @@ def test_bench_writes_side_by_side_results(tmp_path, empty_schedules):
     # The FMA units bound every GEMM; the matmul peak is what BLAS reaches of them.
     assert report.fma_peak_gflops > 0 and "| % FMA peak |" in table and "FMA peak" in table.splitlines()[0]
     assert data["fma_peak_gflops"] == report.fma_peak_gflops
+    assert data["pending"] == [] and "Partial" not in table
+
+
+def test_a_bench_cut_short_keeps_the_rows_it_finished(tmp_path, empty_schedules):
+    """The report is written after every graph: a run that stops (here at a file that is no ONNX
+    model; Ctrl-C or a machine's time limit alike) leaves the rows done and names the rest."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(GraphError, match="not a readable ONNX model"):
+        bench(BenchOptions(
+            graphs=["convt4"], onnx_files=[broken], config="tiny", latent_frames=1, schedules=empty_schedules,
+            artifacts=tmp_path / "artifacts", out=tmp_path / "bench", repeats=2,
+        ))
+    data = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert [row["graph"] for row in data["rows"]] == ["convt4"] and data["pending"] == ["broken"]
+    assert data["rows"][0]["ratio_to_baseline"] > 0
+    table = (tmp_path / "bench" / "bench.md").read_text()
+    assert "| convt4 |" in table and "not measured yet (the run stopped or is still going): broken." in table
+
+
+def test_a_misspelt_graph_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(GraphError, match="no graph named 'convt9'.*choose one of convt1"):
+        bench(BenchOptions(graphs=["convt4", "convt9"], config="tiny", out=tmp_path, artifacts=tmp_path))
+    with pytest.raises(GraphError, match="missing.onnx does not exist"):
+        bench(BenchOptions(graphs=["convt4"], onnx_files=[tmp_path / "missing.onnx"], config="tiny", out=tmp_path,
+                           artifacts=tmp_path))
+    assert not any(tmp_path.iterdir())
 
 
 def test_bench_takes_a_users_onnx_file(tmp_path, empty_schedules):

@@ -72,3 +72,15 @@ def test_xgb_cost_model_without_xgboost_is_refused_before_anything_is_measured(m
     with pytest.raises(TuningError, match="needs xgboost.*--cost-model random"):
         tune(TuneOptions(selection=selection, trials_per_task=1, schedules=tmp_path))
     assert not any(tmp_path.iterdir())
+
+
+def test_tuning_a_block_leaves_its_snake_kernels_to_our_schedule(tmp_path, caplog):
+    """MetaSchedule counts each kernel's FLOPs first, and its counter knows no expression-level Let,
+    which the Snake's sine_squared is written with: `tune` of a block or the decoder died there
+    before measuring anything. Those kernels are left out, with a log line, and the rest tuned."""
+    selection = GraphSelection(graph="block2", config="tiny", latent_frames=TINY_FRAMES)
+    with caplog.at_level("INFO", logger="pipeline.tuning"):
+        result = tune(TuneOptions(selection=selection, trials_per_task=1, schedules=tmp_path, cost_model="random"))
+    assert [task.name for task in result.tasks] == ["fused_convt_col2im_add1"] and result.records_merged > 0
+    skipped = [r.getMessage() for r in caplog.records if "MetaSchedule cannot tune it" in r.getMessage()]
+    assert len(skipped) == 2 and all("sine_squared" in m and "prim.Let" in m for m in skipped)

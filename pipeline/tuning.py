@@ -210,7 +210,8 @@ def _unmeasurable(kernel: tvm.IRModule) -> str | None:
 def tune(options: TuneOptions) -> TuneResult:
     """Tune the fused kernels of a graph and merge the records into `schedules/<target-key>/`.
 
-    Kernels with a final schedule of ours for the target (the ConvTranspose GEMM on CPU) are skipped.
+    Kernels with a final schedule of ours for the target (the ConvTranspose GEMM on CPU) are skipped,
+    and so are those MetaSchedule cannot take (_unmeasurable): each keeps its default schedule.
 
     Every task gets `trials_per_task` trials (the global budget is that times the task count), so
     no task is starved by cheaper ones; the next build of the same graph and target applies them.
@@ -245,10 +246,9 @@ def tune(options: TuneOptions) -> TuneResult:
     tvm_target = target.tvm_target()
     extracted = []
     for task in ms.relax_integration.extract_tasks(lowered, tvm_target):
-        refused = _unmeasurable(task.dispatched[0])
         if target.kind == "llvm" and has_final_schedule(task.dispatched[0]["main"]):
             log.info("%s keeps our CPU schedule; MetaSchedule does not tune it", task.task_name)
-        elif refused is not None:
+        elif (refused := _unmeasurable(task.dispatched[0])) is not None:
             log.info("%s keeps our schedule; MetaSchedule cannot tune it (%s)", task.task_name, refused)
         else:
             extracted.append(task)

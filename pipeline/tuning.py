@@ -14,6 +14,7 @@ import math
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from .passes.default_cpu_schedule import has_final_schedule
 from .target import TargetSpec, resolve_target
 
 log = logging.getLogger(__name__)
+# MetaSchedule's own logger (tvm.s_tir.meta_schedule.logging); its handlers are named under it.
+META_SCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
 
 SCHEDULES_DIR = data_folder("schedules")
 WORKLOAD_FILE = "database_workload.json"
@@ -195,6 +198,24 @@ class TuneOptions:
     schedules: Path = field(default=SCHEDULES_DIR)
 
 
+@contextmanager
+def _meta_schedule_logging():
+    """MetaSchedule configures its logger with logging.config.dictConfig, naming every handler
+    already on it, and fails on one it did not make itself (an unnamed one: "'NoneType' object has
+    no attribute 'format'"), such as an application's or the two that pytest adds to every logger
+    that does not propagate, which made a second `tune` in one test run fail. Those handlers are
+    taken off while it tunes and put back after."""
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(META_SCHEDULE_LOGGER + ".")]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in foreign:
+            logger.addHandler(handler)
+
+
 def _unmeasurable(kernel: tvm.IRModule) -> str | None:
     """Why MetaSchedule would fail on this kernel, or None. Its task scheduler first counts each
     kernel's FLOPs, and that counter knows no expression-level Let: the Snake's sine_squared binds
@@ -254,9 +275,10 @@ def tune(options: TuneOptions) -> TuneResult:
             extracted.append(task)
     store = ScheduleStore(target, options.schedules)
     staging_dir = Path(tempfile.mkdtemp(prefix="pipeline-tune-"))
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted, work_dir=str(staging_dir), seed=options.seed
-    )
+    with _meta_schedule_logging():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted, work_dir=str(staging_dir), seed=options.seed
+        )
     if not contexts:
         raise TuningError("this graph has no kernels left to tune")
     progress = [TaskProgress(ctx.task_name) for ctx in contexts]
@@ -267,23 +289,24 @@ def tune(options: TuneOptions) -> TuneResult:
     staging = ms.database.JSONDatabase(work_dir=str(staging_dir))
     interrupted = False
     try:
-        ms.tune.tune_tasks(
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(staging_dir),
-            max_trials_global=options.trials_per_task * len(contexts),
-            max_trials_per_task=options.trials_per_task,
-            num_trials_per_iter=min(64, options.trials_per_task),
-            database=staging,
-            # Workers start by importing TVM, which takes seconds on a busy 2-core machine; the
-            # default 30 s per build then kills and restarts them in a loop.
-            builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SEC),
-            cost_model=options.cost_model,
-            measure_callbacks=[
-                *ms.measure_callback.MeasureCallback.create("default"),
-                _ProgressReporter(progress, options.trials_per_task),
-            ],
-        )
+        with _meta_schedule_logging():
+            ms.tune.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(staging_dir),
+                max_trials_global=options.trials_per_task * len(contexts),
+                max_trials_per_task=options.trials_per_task,
+                num_trials_per_iter=min(64, options.trials_per_task),
+                database=staging,
+                # Workers start by importing TVM, which takes seconds on a busy 2-core machine; the
+                # default 30 s per build then kills and restarts them in a loop.
+                builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_SEC),
+                cost_model=options.cost_model,
+                measure_callbacks=[
+                    *ms.measure_callback.MeasureCallback.create("default"),
+                    _ProgressReporter(progress, options.trials_per_task),
+                ],
+            )
     except KeyboardInterrupt:
         interrupted = True
         log.warning("tuning interrupted: keeping the records measured so far")

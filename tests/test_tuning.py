@@ -1,4 +1,5 @@
 import importlib.util
+import logging
 import math
 
 import pytest
@@ -74,13 +75,22 @@ def test_xgb_cost_model_without_xgboost_is_refused_before_anything_is_measured(m
     assert not any(tmp_path.iterdir())
 
 
-def test_tuning_a_block_leaves_its_snake_kernels_to_our_schedule(tmp_path, caplog):
+def test_tuning_a_block_leaves_its_snake_kernels_to_our_schedule(tmp_path):
     """MetaSchedule counts each kernel's FLOPs first, and its counter knows no expression-level Let,
     which the Snake's sine_squared is written with: `tune` of a block or the decoder died there
-    before measuring anything. Those kernels are left out, with a log line, and the rest tuned."""
-    selection = GraphSelection(graph="block2", config="tiny", latent_frames=TINY_FRAMES)
-    with caplog.at_level("INFO", logger="pipeline.tuning"):
+    ("Do not have a default for prim.Let") before measuring anything. Those kernels are left out
+    (and logged), the rest tuned: here the col2im, beside two Snake kernels and the GEMMs.
+    With a handler of an application's on MetaSchedule's logger: MetaSchedule reconfigures that
+    logger by the names of the handlers on it and failed on one it had not made ("'NoneType' object
+    has no attribute 'format'"), as on the two pytest adds to every logger that does not propagate
+    (a second `tune` in one test run failed)."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    application_handler = logging.Handler()
+    logger.addHandler(application_handler)
+    try:
+        selection = GraphSelection(graph="block2", config="tiny", latent_frames=TINY_FRAMES)
         result = tune(TuneOptions(selection=selection, trials_per_task=1, schedules=tmp_path, cost_model="random"))
+        assert application_handler in logger.handlers
+    finally:
+        logger.removeHandler(application_handler)
     assert [task.name for task in result.tasks] == ["fused_convt_col2im_add1"] and result.records_merged > 0
-    skipped = [r.getMessage() for r in caplog.records if "MetaSchedule cannot tune it" in r.getMessage()]
-    assert len(skipped) == 2 and all("sine_squared" in m and "prim.Let" in m for m in skipped)

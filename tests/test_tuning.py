@@ -7,6 +7,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from pipeline.build import build
 from pipeline.graphs import GraphSelection
+from pipeline.profile import ProfileOptions, profile_artifact
 from pipeline.tuning import ScheduleStore, TuneOptions, tune
 from pipeline.target import resolve_target
 from pipeline.errors import TuningError
@@ -29,6 +30,8 @@ def test_two_trial_tune_writes_records_that_the_next_build_applies(tmp_path, mon
     assert measured == ["fused_convt_col2im_add"]  # the GEMM keeps our schedule, not tuned
     assert result.manifest.tuning.tuned == measured
     assert result.manifest.tuning.records_sha256 == store.sha256()
+    profile = profile_artifact(ProfileOptions(result.artifact, repeats=1))
+    assert sorted(kernel.name for kernel in profile.kernels if kernel.tuned) == measured
 
     best_after_first = _stored_best_secs(store)
     assert best_after_first == pytest.approx(min(task.best_ms for task in first.tasks) / 1e3)

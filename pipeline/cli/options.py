@@ -1,11 +1,13 @@
-"""Arguments shared by the verbs that take a graph and a target."""
+"""Arguments shared by the verbs: a graph, a target, .npy input files."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..errors import GraphError, TargetError
+import numpy as np
+
+from ..errors import GraphError, InputError, TargetError
 from ..lowering import DEFAULT_LOWERING, LOWERINGS
 from ..graphs import DEFAULT_CONFIG, DEFAULT_LATENT_FRAMES, DEFAULT_SEED, GraphSelection
 from ..target import DEFAULT_CUDA_ARCH
@@ -79,3 +81,14 @@ def graph_selection(args: argparse.Namespace) -> GraphSelection:
         graph=args.graph, onnx=args.onnx, config=args.config,
         latent_frames=args.latent_frames, seed=args.seed, input_shapes=input_shapes(args),
     )
+
+
+def read_npy_inputs(paths: list[Path]) -> list[np.ndarray]:
+    """The arrays of --input .npy files, in order."""
+    inputs = []
+    for path in paths:
+        try:
+            inputs.append(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path} as a .npy array ({exc})") from exc
+    return inputs

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import InputError
 from ..profile import ProfileOptions, format_profile, profile_artifact, write_json
+from .options import read_npy_inputs
 
 HELP = "time each kernel of a saved artifact on this machine, slowest first"
 
@@ -25,14 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    inputs = None
-    if args.input:
-        inputs = []
-        for path in args.input:
-            try:
-                inputs.append(np.load(path, allow_pickle=False))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read {path} as a .npy array ({exc})") from exc
+    inputs = read_npy_inputs(args.input) if args.input else None
     profile = profile_artifact(ProfileOptions(args.artifact, repeats=args.repeats, inputs=inputs))
     print(format_profile(profile, args.top))
     if args.json:

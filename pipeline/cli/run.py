@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import InputError
 from ..runtime import load, run_chunked
 from ..wav import DEFAULT_SAMPLE_RATE, write_wav
+from .options import read_npy_inputs
 
 HELP = "run a saved artifact on .npy inputs and write .npy outputs (or audio as .wav)"
 
@@ -36,12 +37,7 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.artifact)
     if len(args.output) != len(model.outputs):
         raise InputError(f"the model has {len(model.outputs)} output(s); give --output that many times")
-    inputs = []
-    for path in args.input:
-        try:
-            inputs.append(np.load(path, allow_pickle=False))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path} as a .npy array ({exc})") from exc
+    inputs = read_npy_inputs(args.input)
     if args.chunk_overlap is None:
         outputs = model.run(inputs)
     elif len(inputs) != 1:

@@ -268,7 +268,7 @@ def bench(options: BenchOptions) -> BenchReport:
                   "target": target.key,
                   "repeats": options.repeats},
         fma_peak_gflops=fma_before,
-        pending=[_row_name(selection) for selection in selections],
+        pending=[selection.name for selection in selections],
     )
     # Until the run ends, the folder holds this run's rows so far, not a figure of an earlier run.
     write_report(report, options.out, figure=False)
@@ -291,11 +291,6 @@ def bench(options: BenchOptions) -> BenchReport:
         report.fma_peak_gflops = max(fma_before, _measure_fma_peak(fma_loop))
     write_report(report, options.out)
     return report
-
-
-def _row_name(selection: GraphSelection) -> str:
-    """The name of a graph's row: the named graph, or the ONNX file's name without .onnx."""
-    return selection.graph if selection.graph is not None else Path(selection.onnx).stem
 
 
 def _short(baseline: str) -> str:

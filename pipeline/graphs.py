@@ -536,6 +536,11 @@ class GraphSelection:
     # For an ONNX file exported with dynamic axes: input name -> the static shape to compile for.
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
+    @property
+    def name(self) -> str:
+        """The graph's name, as resolve() gives it: the named graph, or the ONNX file's stem."""
+        return self.graph if self.graph is not None else Path(self.onnx).stem
+
     def resolve(self) -> GraphSource:
         if (self.graph is None) == (self.onnx is None):
             raise GraphError("name exactly one graph: a named graph (--graph) or an ONNX file (--onnx)")

@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import InputError
 from .runtime import Timing, load
-from .verify import DEFAULT_INPUT_SEED, seeded_inputs
+from .verify import seeded_inputs
 
 # The VM's own functions (tensor allocation, shape checks), reported as one row.
 VM_BUILTIN_PREFIX = "vm.builtin."
@@ -77,7 +77,7 @@ def profile_artifact(options: ProfileOptions) -> Profile:
     if options.repeats < 1:
         raise InputError(f"profile at least one call, not {options.repeats} (repeats)")
     model = load(options.artifact)
-    inputs = options.inputs if options.inputs is not None else seeded_inputs(model.inputs, DEFAULT_INPUT_SEED)
+    inputs = options.inputs if options.inputs is not None else seeded_inputs(model.inputs)
     latency = model.time(inputs, repeats=options.repeats)
     calls = model.kernel_times(inputs, options.repeats)
     tuned = set(model.manifest.tuning.tuned)

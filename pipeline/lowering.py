@@ -28,7 +28,7 @@ LOWERINGS = ("zero-waste", "stock")
 DEFAULT_LOWERING = "zero-waste"
 
 
-def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform.Pass]:
+def lowering_phases(convtranspose: str = DEFAULT_LOWERING, cpu: bool = True) -> list[tvm.transform.Pass]:
     """Each phase is a named Sequential, so pass traces and errors say where they came from."""
     if convtranspose not in LOWERINGS:
         raise BuildError(f"unknown ConvTranspose lowering {convtranspose!r}: choose one of {LOWERINGS}")
@@ -38,10 +38,10 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING) -> list[tvm.transform
             name="canonicalize",
         ),
         tvm.transform.Sequential(
-            [ConvTransposeToGemm()] if convtranspose == "zero-waste" else [],
+            [ConvTransposeToGemm(pad_positions=cpu)] if convtranspose == "zero-waste" else [],
             name="convtranspose",
         ),
-        tvm.transform.Sequential([DepthwiseConv(), ConvToGemm()], name="conv"),
+        tvm.transform.Sequential([DepthwiseConv(), ConvToGemm(pad_positions=cpu)], name="conv"),
         tvm.transform.Sequential([MatmulToGemm()], name="matmul"),
         tvm.transform.Sequential([PolynomialSine(), FastMath()], name="elementwise"),
         tvm.transform.Sequential([relax.transform.LiftTransformParams()], name="lift-weight-preparation"),
@@ -87,7 +87,7 @@ def _only(mod: tvm.IRModule, entry: str) -> tvm.IRModule:
 def lower(mod: tvm.IRModule, target: TargetSpec, convtranspose: str = DEFAULT_LOWERING) -> LoweredGraph:
     """Relax graph -> Relax calling fused, unscheduled TIR kernels, and its weight preparation."""
     with target.tvm_target():
-        lowered = tvm.transform.Sequential(lowering_phases(convtranspose), name="lowering")(mod)
+        lowered = tvm.transform.Sequential(lowering_phases(convtranspose, cpu=target.kind == "llvm"), name="lowering")(mod)
     return LoweredGraph(_only(lowered, ENTRY), _only(lowered, WEIGHT_PREPARATION))
 
 

@@ -30,12 +30,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import tvm
 from tvm import relax, te, tirx
 
-from .convtranspose_gemm import row_tile
+from .convtranspose_gemm import padded_positions, row_tile
 from .relax_rewrite import (
     CONV_LAYOUTS,
     conv_output_size,
@@ -99,16 +99,24 @@ def packed_gemm(
     return te.compute((batch, groups * cout_per_group, out_len), product, name="conv_gemm")
 
 
-def _conv1d_gemm(x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation: int, pad_begin: int, out_len: int):
+def _conv1d_gemm(
+    x: te.Tensor, packed: te.Tensor, kernel: int, stride: int, dilation: int, pad_begin: int, out_len: int,
+    positions: int,
+):
+    """The GEMM computes `positions` >= out_len (whole vectors: padded_positions), reading zeros past
+    the input, and a last stage of the kernel keeps the first out_len."""
     batch, channels, length = (int(d) for d in x.shape)
     padded = te.compute(
-        (batch, channels, conv_reach(out_len, kernel, stride, dilation)),
+        (batch, channels, conv_reach(positions, kernel, stride, dilation)),
         lambda n, c, t: tirx.if_then_else(
             tirx.all(t >= pad_begin, t < pad_begin + length), x[n, c, t - pad_begin], tirx.const(0, x.dtype)
         ),
         name="conv_pad",
     )
-    return packed_gemm(padded, packed, kernel, stride, dilation, out_len)
+    product = packed_gemm(padded, packed, kernel, stride, dilation, positions)
+    if positions == out_len:
+        return product
+    return te.compute((batch, int(product.shape[1]), out_len), lambda n, c, t: product[n, c, t], name="conv_gemm_crop")
 
 
 def _grid(rows: int, min_width: int) -> tuple[int, int]:
@@ -267,7 +275,7 @@ def _crop(builder: relax.BlockBuilder, flat: relax.Expr, batch: int, channels: i
     )
 
 
-def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr, str]:
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call, pad_positions: bool) -> tuple[relax.Expr, str]:
     attrs = call.attrs
     x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
     strides, dilations = [int(s) for s in attrs.strides], [int(d) for d in attrs.dilation]
@@ -284,7 +292,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
         out_len = conv_output_size(x_shape[2], kernel, strides[0], dilations[0], sum(padding))
         gemm = builder.call_te(
             _conv1d_gemm, call.args[0], packed, kernel, strides[0], dilations[0], padding[0], out_len,
-            primfunc_name_hint="conv_gemm",
+            padded_positions(out_len) if pad_positions else out_len, primfunc_name_hint="conv_gemm",
         )
         return gemm, line
     layout = _RowLayout(tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(strides), tuple(dilations), tuple(padding))
@@ -300,7 +308,13 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
 @tvm.transform.module_pass(opt_level=0, name="ConvToGemm")
 class ConvToGemm:
     """Rewrite every supported conv1d and conv2d into a packed-weight GEMM; log each rewrite and each
-    refusal."""
+    refusal. With `pad_positions` (CPU targets) a Conv1d's GEMM computes whole vectors of positions
+    (padded_positions); GPU kernels take any count."""
+
+    def __init__(self, pad_positions: bool) -> None:
+        self.pad_positions = pad_positions
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_calls(mod, _selects, unsupported_conv, _rewrite, log, "conv as GEMM")
+        return rewrite_calls(
+            mod, _selects, unsupported_conv, partial(_rewrite, pad_positions=self.pad_positions), log, "conv as GEMM"
+        )

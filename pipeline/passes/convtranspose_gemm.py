@@ -20,10 +20,12 @@ follows into the col2im kernel. Calls this cannot handle keep TVM's lowering, an
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import tvm
 from tvm import relax, te, tirx
 
+from .kernel_blocks import ceil_div
 from .relax_rewrite import rewrite_calls, static_shape, unsupported_layout, unsupported_operands
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,10 @@ def _unsupported_reason(call) -> str | None:
     return unsupported_layout(call, *_LAYOUTS[call.op.name]) or unsupported_operands(call)
 
 
+# Lanes of the widest vector of positions a CPU micro-kernel takes (AVX-512's 16 fp32).
+VECTOR_POSITIONS = 16
+WIDEST_POSITION_MULTIPLE = 256
+PADDING_SHARE = 64
 # Rows of one register-blocked micro-kernel; the CPU schedule reads it back from the packed shape.
 ROW_TILE = 8
 
@@ -73,10 +79,37 @@ def _flat(index, sizes) -> tirx.PrimExpr:
     return flat
 
 
-def _gemm(x: te.Tensor, packed: te.Tensor) -> te.Tensor:
+def padded_positions(positions: int) -> int:
+    """How many positions the GEMM computes on a CPU: whole vectors. Its micro-kernel takes vectors
+    of as many lanes (up to VECTOR_POSITIONS) as divide the positions, since a partial vector would
+    put a bounds test in its innermost loop; on an odd count that was one lane, scalar code. Where
+    at most 1/PADDING_SHARE more positions allow it, a multiple of up to WIDEST_POSITION_MULTIPLE,
+    so that the micro-kernel's columns and the wide panels of the CPU schedule divide them too."""
+    if positions < VECTOR_POSITIONS:
+        return 1 << (positions - 1).bit_length()
+    multiple = VECTOR_POSITIONS
+    while multiple < WIDEST_POSITION_MULTIPLE and (_round_up(positions, 2 * multiple) - positions) * PADDING_SHARE <= positions:
+        multiple *= 2
+    return _round_up(positions, multiple)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return ceil_div(value, multiple) * multiple
+
+
+def _gemm(x: te.Tensor, packed: te.Tensor, positions: int) -> te.Tensor:
     """cols[n, g*Mg + row, p] = sum_ci x[n, g*Cin/g + ci, p] * w[row of group g, ci]: input and
-    columns flattened over positions, rows (output channel, taps...) of a group contiguous."""
-    batch, _, positions = x.shape
+    columns flattened over positions, rows (output channel, taps...) of a group contiguous. Past the
+    input's positions, up to `positions`, the input reads as zeros (a stage the CPU schedule inlines
+    into its panel copy) and the columns are not read by col2im."""
+    batch, channels, length = (int(d) for d in x.shape)
+    if positions > length:
+        source = x
+        x = te.compute(
+            (batch, channels, positions),
+            lambda n, c, p: tirx.if_then_else(p < length, source[n, c, p], tirx.const(0, source.dtype)),
+            name="convt_pad",
+        )
     groups, row_tiles, cin_per_group, tile = (int(d) for d in packed.shape)
     rows_per_group = row_tiles * tile
     ci = te.reduce_axis((0, cin_per_group), name="ci")
@@ -126,7 +159,7 @@ def _col2im(cols: te.Tensor, kernel, in_size, strides, dilations, pads_begin, ou
     return te.compute((batch, cout, *out_size), gather, name="convt_col2im")
 
 
-def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr, str]:
+def _rewrite(builder: relax.BlockBuilder, call: relax.Call, pad_positions: bool) -> tuple[relax.Expr, str]:
     attrs = call.attrs
     x_shape, w_shape = static_shape(call.args[0]), static_shape(call.args[1])
     rank = len(x_shape) - 2
@@ -151,7 +184,10 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call) -> tuple[relax.Expr,
     flat_x = call.args[0] if rank == 1 else builder.emit(
         relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], _product(x_shape[2:])])
     )
-    cols = builder.emit(builder.call_te(_gemm, flat_x, packed, primfunc_name_hint="convt_gemm"))
+    positions = _product(x_shape[2:])
+    if pad_positions:
+        positions = padded_positions(positions)
+    cols = builder.emit(builder.call_te(_gemm, flat_x, packed, positions, primfunc_name_hint="convt_gemm"))
     col2im = builder.call_te(
         _col2im, cols, kernel, x_shape[2:], strides, dilations, pads_begin, out_size,
         primfunc_name_hint="convt_col2im",
@@ -165,7 +201,15 @@ def _selects(call: relax.Call) -> bool:
 
 @tvm.transform.module_pass(opt_level=0, name="ConvTransposeToGemm")
 class ConvTransposeToGemm:
-    """Rewrite every supported ConvTranspose into GEMM + col2im; log each rewrite and each refusal."""
+    """Rewrite every supported ConvTranspose into GEMM + col2im; log each rewrite and each refusal.
+    With `pad_positions` (CPU targets) the GEMM computes whole vectors of positions
+    (padded_positions); GPU kernels take any count."""
+
+    def __init__(self, pad_positions: bool) -> None:
+        self.pad_positions = pad_positions
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return rewrite_calls(mod, _selects, _unsupported_reason, _rewrite, log, "zero-waste lowering")
+        return rewrite_calls(
+            mod, _selects, _unsupported_reason, partial(_rewrite, pad_positions=self.pad_positions), log,
+            "zero-waste lowering",
+        )

@@ -42,7 +42,7 @@ def lowering_phases(convtranspose: str = DEFAULT_LOWERING, cpu: bool = True) -> 
             name="convtranspose",
         ),
         tvm.transform.Sequential([DepthwiseConv(), ConvToGemm(pad_positions=cpu)], name="conv"),
-        tvm.transform.Sequential([MatmulToGemm()], name="matmul"),
+        tvm.transform.Sequential([MatmulToGemm(pad_positions=cpu)], name="matmul"),
         tvm.transform.Sequential([PolynomialSine(), FastMath()], name="elementwise"),
         tvm.transform.Sequential([relax.transform.LiftTransformParams()], name="lift-weight-preparation"),
         tvm.transform.Sequential(

@@ -157,6 +157,9 @@ MATMUL_CASES = {
     "broadcast_both": ((2, 1, 16, 8), (1, 3, 8, 24), "input"),
     "attention_scores": ((2, 32, 16), (2, 16, 32), "transposed"),
     "attention_values": ((1, 24, 136), (1, 136, 40), "transposed"),
+    # Column counts no vector divides: the CPU GEMM computes whole vectors and keeps these.
+    "linear_odd_columns": ((1, 16, 24), (24, 53), "weight"),
+    "attention_odd_scores": ((2, 33, 16), (2, 16, 33), "transposed"),
     # Rows 4 KiB apart, which the GEMM would read in one L1 set: still packed on each call.
     "linear_rows_4kib_apart": ((16, 1024), (1024, 24), "weight"),
 }

@@ -35,7 +35,7 @@ from functools import cached_property, partial
 import tvm
 from tvm import relax, te, tirx
 
-from .convtranspose_gemm import padded_positions, row_tile
+from .convtranspose_gemm import row_tile
 from .relax_rewrite import (
     CONV_LAYOUTS,
     conv_output_size,
@@ -44,6 +44,7 @@ from .relax_rewrite import (
     static_shape,
     unsupported_conv,
 )
+from .vector_positions import cropped, padded_positions
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,7 @@ def _conv1d_gemm(
         ),
         name="conv_pad",
     )
-    product = packed_gemm(padded, packed, kernel, stride, dilation, positions)
-    if positions == out_len:
-        return product
-    return te.compute((batch, int(product.shape[1]), out_len), lambda n, c, t: product[n, c, t], name="conv_gemm_crop")
+    return cropped(packed_gemm(padded, packed, kernel, stride, dilation, positions), out_len, "conv_gemm_crop")
 
 
 def _grid(rows: int, min_width: int) -> tuple[int, int]:

@@ -25,8 +25,8 @@ from functools import partial
 import tvm
 from tvm import relax, te, tirx
 
-from .kernel_blocks import ceil_div
 from .relax_rewrite import rewrite_calls, static_shape, unsupported_layout, unsupported_operands
+from .vector_positions import padded_positions, zero_extended
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ def _unsupported_reason(call) -> str | None:
     return unsupported_layout(call, *_LAYOUTS[call.op.name]) or unsupported_operands(call)
 
 
-# Lanes of the widest vector of positions a CPU micro-kernel takes (AVX-512's 16 fp32).
-VECTOR_POSITIONS = 16
-WIDEST_POSITION_MULTIPLE = 256
-PADDING_SHARE = 64
 # Rows of one register-blocked micro-kernel; the CPU schedule reads it back from the packed shape.
 ROW_TILE = 8
 
@@ -79,37 +75,13 @@ def _flat(index, sizes) -> tirx.PrimExpr:
     return flat
 
 
-def padded_positions(positions: int) -> int:
-    """How many positions the GEMM computes on a CPU: whole vectors. Its micro-kernel takes vectors
-    of as many lanes (up to VECTOR_POSITIONS) as divide the positions, since a partial vector would
-    put a bounds test in its innermost loop; on an odd count that was one lane, scalar code. Where
-    at most 1/PADDING_SHARE more positions allow it, a multiple of up to WIDEST_POSITION_MULTIPLE,
-    so that the micro-kernel's columns and the wide panels of the CPU schedule divide them too."""
-    if positions < VECTOR_POSITIONS:
-        return 1 << (positions - 1).bit_length()
-    multiple = VECTOR_POSITIONS
-    while multiple < WIDEST_POSITION_MULTIPLE and (_round_up(positions, 2 * multiple) - positions) * PADDING_SHARE <= positions:
-        multiple *= 2
-    return _round_up(positions, multiple)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return ceil_div(value, multiple) * multiple
-
-
 def _gemm(x: te.Tensor, packed: te.Tensor, positions: int) -> te.Tensor:
     """cols[n, g*Mg + row, p] = sum_ci x[n, g*Cin/g + ci, p] * w[row of group g, ci]: input and
     columns flattened over positions, rows (output channel, taps...) of a group contiguous. Past the
     input's positions, up to `positions`, the input reads as zeros (a stage the CPU schedule inlines
     into its panel copy) and the columns are not read by col2im."""
-    batch, channels, length = (int(d) for d in x.shape)
-    if positions > length:
-        source = x
-        x = te.compute(
-            (batch, channels, positions),
-            lambda n, c, p: tirx.if_then_else(p < length, source[n, c, p], tirx.const(0, source.dtype)),
-            name="convt_pad",
-        )
+    batch = int(x.shape[0])
+    x = zero_extended(x, positions, "convt_pad")
     groups, row_tiles, cin_per_group, tile = (int(d) for d in packed.shape)
     rows_per_group = row_tiles * tile
     ci = te.reduce_axis((0, cin_per_group), name="ci")

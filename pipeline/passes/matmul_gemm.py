@@ -29,11 +29,12 @@ import logging
 import math
 
 import tvm
-from tvm import relax, te
+from tvm import relax, te, tirx
 
 from .conv_gemm import pack_rows, packed_gemm
 from .convtranspose_gemm import row_tile
 from .relax_rewrite import rewrite_calls, static_shape, unsupported_operands
+from .vector_positions import cropped, padded_positions, zero_extended
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,9 @@ def _unraveled(flat, shape) -> list:
     return index[::-1]
 
 
-def _rewrite(builder: relax.BlockBuilder, call: relax.Call, inputs: list[relax.Var]) -> tuple[relax.Expr, str]:
+def _rewrite(
+    builder: relax.BlockBuilder, call: relax.Call, inputs: list[relax.Var], pad_positions: bool
+) -> tuple[relax.Expr, str]:
     a, b = call.args
     a_shape, b_shape = static_shape(a), static_shape(b)
     out_shape = static_shape(call)
@@ -144,21 +147,31 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call, inputs: list[relax.V
 
     # A transposed right operand is read through a stage of the GEMM's kernel, which the schedule
     # inlines into its copy of each input panel, instead of a transpose kernel of its own.
+    # Past the n columns (up to `positions`, whole vectors on a CPU) the operand reads as zeros.
+    positions = padded_positions(n) if pad_positions else n
     source = _transposed_source(builder, b)
     if source is not None:
         columns = _reshaped(builder, source, [batches, n, k])
 
         def data_stage(x):
-            return te.compute((batches, k, n), lambda g, c, t: x[g, t, c], name=TRANSPOSED_OPERAND_STAGE)
+            def read(g, c, t):
+                return x[g, t, c] if positions == n else tirx.if_then_else(t < n, x[g, t, c], tirx.const(0, x.dtype))
+
+            return te.compute((batches, k, positions), read, name=TRANSPOSED_OPERAND_STAGE)
     else:
         columns = _reshaped(builder, b, [batches, k, n])
 
         def data_stage(x):
-            return x
+            return zero_extended(x, positions, "matmul_pad")
 
     product = builder.call_te(
-        lambda x, w: packed_gemm(
-            data_stage(x), weight_stage(w), kernel=1, stride=1, dilation=1, out_len=n, weight_per_batch=True
+        lambda x, w: cropped(
+            packed_gemm(
+                data_stage(x), weight_stage(w), kernel=1, stride=1, dilation=1, out_len=positions,
+                weight_per_batch=True,
+            ),
+            n,
+            "matmul_gemm_crop",
         ),
         columns,
         rows_operand,
@@ -183,10 +196,16 @@ def _inputs(func) -> list[relax.Var]:
 
 @tvm.transform.module_pass(opt_level=0, name="MatmulToGemm")
 class MatmulToGemm:
-    """Rewrite every supported matmul into our packed GEMM; log each rewrite and each refusal."""
+    """Rewrite every supported matmul into our packed GEMM; log each rewrite and each refusal. With
+    `pad_positions` (CPU targets) the GEMM computes whole vectors of columns (padded_positions); GPU
+    kernels take any count."""
+
+    def __init__(self, pad_positions: bool) -> None:
+        self.pad_positions = pad_positions
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         inputs = [param for func in mod.functions.values() for param in _inputs(func)]
         return rewrite_calls(
-            mod, _selects, _unsupported, lambda builder, call: _rewrite(builder, call, inputs), log, "matmul as GEMM"
+            mod, _selects, _unsupported, lambda builder, call: _rewrite(builder, call, inputs, self.pad_positions), log,
+            "matmul as GEMM",
         )

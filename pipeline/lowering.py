@@ -28,8 +28,9 @@ LOWERINGS = ("zero-waste", "stock")
 DEFAULT_LOWERING = "zero-waste"
 
 
-def lowering_phases(convtranspose: str = DEFAULT_LOWERING, cpu: bool = True) -> list[tvm.transform.Pass]:
-    """Each phase is a named Sequential, so pass traces and errors say where they came from."""
+def lowering_phases(convtranspose: str, *, cpu: bool) -> list[tvm.transform.Pass]:
+    """Each phase is a named Sequential, so pass traces and errors say where they came from. On a
+    `cpu` target the GEMMs compute whole vectors of positions (passes/vector_positions.py)."""
     if convtranspose not in LOWERINGS:
         raise BuildError(f"unknown ConvTranspose lowering {convtranspose!r}: choose one of {LOWERINGS}")
     return [

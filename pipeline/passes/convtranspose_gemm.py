@@ -156,9 +156,7 @@ def _rewrite(builder: relax.BlockBuilder, call: relax.Call, pad_positions: bool)
     flat_x = call.args[0] if rank == 1 else builder.emit(
         relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], _product(x_shape[2:])])
     )
-    positions = _product(x_shape[2:])
-    if pad_positions:
-        positions = padded_positions(positions)
+    positions = padded_positions(_product(x_shape[2:])) if pad_positions else _product(x_shape[2:])
     cols = builder.emit(builder.call_te(_gemm, flat_x, packed, positions, primfunc_name_hint="convt_gemm"))
     col2im = builder.call_te(
         _col2im, cols, kernel, x_shape[2:], strides, dilations, pads_begin, out_size,

@@ -145,10 +145,10 @@ def _rewrite(
         def weight_stage(x):
             return x
 
-    # A transposed right operand is read through a stage of the GEMM's kernel, which the schedule
-    # inlines into its copy of each input panel, instead of a transpose kernel of its own.
     # Past the n columns (up to `positions`, whole vectors on a CPU) the operand reads as zeros.
     positions = padded_positions(n) if pad_positions else n
+    # A transposed right operand is read through a stage of the GEMM's kernel, which the schedule
+    # inlines into its copy of each input panel, instead of a transpose kernel of its own.
     source = _transposed_source(builder, b)
     if source is not None:
         columns = _reshaped(builder, source, [batches, n, k])

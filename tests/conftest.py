@@ -160,6 +160,9 @@ MATMUL_CASES = {
     # Column counts no vector divides: the CPU GEMM computes whole vectors and keeps these.
     "linear_odd_columns": ((1, 16, 24), (24, 53), "weight"),
     "attention_odd_scores": ((2, 33, 16), (2, 16, 33), "transposed"),
+    # A product over one channel: the transposed operand's copy has no channel loop to reorder
+    # (the build had failed with a ScheduleError).
+    "attention_one_channel": ((2, 36, 1), (2, 1, 64), "transposed"),
     # Rows 4 KiB apart, which the GEMM would read in one L1 set: still packed on each call.
     "linear_rows_4kib_apart": ((16, 1024), (1024, 24), "weight"),
 }

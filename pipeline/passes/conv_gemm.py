@@ -44,13 +44,13 @@ from .relax_rewrite import (
     static_shape,
     unsupported_conv,
 )
-from .vector_positions import cropped, padded_positions
+from .vector_positions import VECTOR_POSITIONS, cropped, padded_positions
 
 log = logging.getLogger(__name__)
 
 # A Conv2d's GEMM computes a multiple of this many positions, so the micro-kernel's vectors (up
 # to 2 x 16 lanes) divide them: a partial vector puts a bounds test in the innermost loop.
-POSITION_MULTIPLE = 32
+POSITION_MULTIPLE = 2 * VECTOR_POSITIONS
 
 
 def _selects(call: relax.Call) -> bool:

@@ -154,6 +154,8 @@ def _rewrite(
         columns = _reshaped(builder, source, [batches, n, k])
 
         def data_stage(x):
+            # Zeros past n in this stage itself, not by zero_extended after it: the schedule finds
+            # the transposed stage among the GEMM's direct producers and inlines only those.
             def read(g, c, t):
                 return x[g, t, c] if positions == n else tirx.if_then_else(t < n, x[g, t, c], tirx.const(0, x.dtype))
 
